@@ -1,0 +1,3 @@
+//! Registry access: manifests and blobs over the OCI distribution API.
+
+pub mod auth;

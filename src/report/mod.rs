@@ -1,0 +1,3 @@
+//! Scanner reports: which packages to update, to which minimum versions.
+
+pub mod trivy;
