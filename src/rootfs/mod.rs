@@ -8,6 +8,10 @@
 
 use std::collections::BTreeMap;
 
+mod scan;
+
+pub use scan::{Compression, LayerScan, ScanError, Selector, merge_layers, scan_layer};
+
 /// The type of a filesystem entry, with its link target where it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileKind {
@@ -63,7 +67,9 @@ impl RootfsIndex {
 
     /// Iterates over every path and its metadata in byte order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &FileInfo)> {
-        self.entries.iter().map(|(path, info)| (path.as_str(), info))
+        self.entries
+            .iter()
+            .map(|(path, info)| (path.as_str(), info))
     }
 
     /// Iterates over the direct children of `dir` (a normalized path, `""` for the root).
@@ -115,9 +121,11 @@ impl RootfsIndex {
         }
     }
 
-    /// Resolves every symlink in `path`, the last component included. A dangling or
-    /// looping link stops the resolution where it is.
+    /// Resolves every symlink in `path`, the last component included. A dangling link
+    /// resolves to its target's path; a chain of more than 40 links returns `path`
+    /// normalized but unresolved.
     pub fn resolve(&self, path: &str) -> String {
+        let original = normalize(path);
         let mut pending: Vec<String> = normalize(path)
             .split('/')
             .filter(|c| !c.is_empty())
@@ -146,7 +154,7 @@ impl RootfsIndex {
             };
             hops += 1;
             if hops > MAX_SYMLINK_HOPS {
-                break;
+                return original;
             }
             resolved.pop();
             if target.starts_with('/') {
@@ -178,6 +186,44 @@ impl RootfsIndex {
     }
 }
 
+impl RootfsIndex {
+    /// Removes `path` and everything below it.
+    pub(crate) fn remove_tree(&mut self, path: &str) {
+        self.entries.remove(path);
+        self.contents.remove(path);
+        self.remove_children(path);
+    }
+
+    /// Removes everything below the directory `path` but keeps the directory itself.
+    pub(crate) fn remove_children(&mut self, path: &str) {
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        let doomed: Vec<String> = self
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter(|(p, _)| !p.is_empty())
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in doomed {
+            self.entries.remove(&p);
+            self.contents.remove(&p);
+        }
+    }
+
+    /// The number of paths in the view.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// Normalizes a path from a tar entry, a package or a user: strips `./` and `/` prefixes
 /// and a trailing `/`, and collapses repeated slashes.
 pub fn normalize(path: &str) -> String {
@@ -192,4 +238,67 @@ pub fn normalize(path: &str) -> String {
         out.push_str(component);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(kind: FileKind) -> FileInfo {
+        FileInfo {
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: 0,
+            md5: None,
+        }
+    }
+
+    fn merged_usr() -> RootfsIndex {
+        let mut index = RootfsIndex::default();
+        index.insert("usr", info(FileKind::Directory), None);
+        index.insert("usr/lib", info(FileKind::Directory), None);
+        index.insert("lib", info(FileKind::Symlink("usr/lib".into())), None);
+        index.insert("lib64", info(FileKind::Symlink("/usr/lib64".into())), None);
+        index.insert("etc/alt", info(FileKind::Symlink("../lib/x".into())), None);
+        index.insert("loop", info(FileKind::Symlink("loop".into())), None);
+        index
+    }
+
+    #[test]
+    fn normalize_strips_prefixes_and_slashes() {
+        assert_eq!(normalize("./usr//lib/"), "usr/lib");
+        assert_eq!(normalize("/etc/os-release"), "etc/os-release");
+        assert_eq!(normalize("./"), "");
+    }
+
+    #[test]
+    fn resolve_parent_follows_merged_usr() {
+        let index = merged_usr();
+        assert_eq!(
+            index.resolve_parent("/lib/x86_64-linux-gnu/libz.so.1"),
+            "usr/lib/x86_64-linux-gnu/libz.so.1"
+        );
+        assert_eq!(index.resolve_parent("lib64/ld.so"), "usr/lib64/ld.so");
+        assert_eq!(index.resolve_parent("lib"), "lib");
+        assert_eq!(index.resolve("etc/alt"), "lib/x".replace("lib", "usr/lib"));
+    }
+
+    #[test]
+    fn resolve_stops_on_symlink_loop() {
+        let index = merged_usr();
+        assert_eq!(index.resolve("loop/a"), "loop/a");
+    }
+
+    #[test]
+    fn children_lists_direct_entries_only() {
+        let mut index = merged_usr();
+        index.insert("usr/lib/deep/file", info(FileKind::Regular), None);
+        let names: Vec<&str> = index.children("usr").map(|(p, _)| p).collect();
+        assert_eq!(names, ["usr/lib"]);
+        let top: Vec<&str> = index.children("").map(|(p, _)| p).collect();
+        assert_eq!(top, ["lib", "lib64", "loop", "usr"]);
+    }
 }
