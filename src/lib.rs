@@ -9,6 +9,7 @@ pub mod deb;
 pub mod digest;
 pub mod image;
 pub mod layer;
+pub mod osrelease;
 pub mod patch;
 pub mod reference;
 pub mod registry;

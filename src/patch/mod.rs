@@ -1,0 +1,395 @@
+//! The patch: from a source image and a report to a pushed image with one more layer.
+
+mod debian;
+mod events;
+mod layers;
+mod outcome;
+mod push;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::digest::Digest;
+use crate::image::{self, HistoryEntry, ImageError, PatchRecord, PatchedPackage, PATCH_LABEL};
+use crate::osrelease::OsRelease;
+use crate::reference::{self, Reference, ReferenceError};
+use crate::registry::auth::AuthEnv;
+use crate::registry::{InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions};
+use crate::report::{Report, ReportError};
+use crate::rootfs::ScanError;
+
+pub use events::{Event, NoReporter, Phase, Reporter};
+pub use outcome::{
+    FailedPackage, PackageUpdate, PatchOutcome, PatchStatus, ScriptsNotRun, SkippedPackage,
+};
+
+/// Everything a patch needs, resolved from flags, environment and files by the caller.
+#[derive(Debug, Clone)]
+pub struct PatchSettings {
+    /// The source image reference.
+    pub image: String,
+    /// The scanner report.
+    pub report: PathBuf,
+    /// `-t`: a bare tag or a full reference for the result.
+    pub tag: Option<String>,
+    /// Appended to the source tag as `TAG-SUFFIX` when `tag` is `None`.
+    pub tag_suffix: String,
+    /// Patch what can be patched when some reported packages cannot be.
+    pub ignore_errors: bool,
+    /// The limit for the whole patch.
+    pub timeout: Duration,
+    /// `os/arch[/variant]` for multi-platform images; `None` means the host's.
+    pub platform: Option<String>,
+    /// Registry hosts reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// PEM files with extra CA certificates.
+    pub ca_files: Vec<PathBuf>,
+    /// Repository base URL replacements.
+    pub repo_mirrors: Vec<RepoMirror>,
+    /// Where downloads and the new layer go; `None` for a temporary directory.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// A `FROM=TO` replacement of a package repository's base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoMirror {
+    pub from: String,
+    pub to: String,
+}
+
+/// An invalid `FROM=TO` mirror argument.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid repository mirror {value:?}: expected FROM=TO, such as http://deb.example/debian=file:///srv/mirror")]
+pub struct InvalidRepoMirror {
+    pub value: String,
+}
+
+impl FromStr for RepoMirror {
+    type Err = InvalidRepoMirror;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidRepoMirror {
+            value: value.to_owned(),
+        };
+        let (from, to) = value.split_once('=').ok_or_else(invalid)?;
+        let (from, to) = (from.trim(), to.trim());
+        if from.is_empty() || to.is_empty() || !to.contains("://") {
+            return Err(invalid());
+        }
+        Ok(RepoMirror {
+            from: from.to_owned(),
+            to: to.to_owned(),
+        })
+    }
+}
+
+/// A patch that failed; [`PatchError::is_user_error`] tells bad input from failures.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error(transparent)]
+    Platform(#[from] InvalidPlatform),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("failed to read layer {digest}")]
+    Layer {
+        digest: String,
+        #[source]
+        source: ScanError,
+    },
+    #[error(
+        "layer {digest} has media type {media_type:?}, which is not a tar layer \
+         (plain, gzip or zstd)"
+    )]
+    UnsupportedLayer { digest: String, media_type: String },
+    #[error(
+        "the image has no /etc/os-release or /usr/lib/os-release, so its distribution is \
+         unknown\nhint: only Debian, Ubuntu and Alpine images can be patched"
+    )]
+    NoOsRelease,
+    #[error("{os} images are not supported; supported: Debian and Debian-based")]
+    UnsupportedOs { os: String },
+    #[error(
+        "the report is for {report_os}, but the image is {image_os}\n\
+         hint: scan this image and pass that report"
+    )]
+    ReportOsMismatch { report_os: String, image_os: String },
+    #[error(transparent)]
+    Debian(#[from] debian::DebianError),
+    #[error("failed to use the work directory {path}")]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the patch did not finish within {}\nhint: raise --timeout",
+        humantime::format_duration(*limit)
+    )]
+    TimedOut { limit: Duration },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PatchError {
+    /// Whether the error comes from the user's input (flags, reference, report) rather
+    /// than from a failure while reading or writing.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            PatchError::Reference(_)
+            | PatchError::Report(_)
+            | PatchError::Platform(_)
+            | PatchError::NoOsRelease
+            | PatchError::UnsupportedOs { .. }
+            | PatchError::ReportOsMismatch { .. } => true,
+            PatchError::Registry(err) => err.is_user_error(),
+            PatchError::Debian(err) => err.is_user_error(),
+            _ => false,
+        }
+    }
+}
+
+/// Patches the image `settings` names and pushes the result, within `settings.timeout`.
+///
+/// Nothing is pushed unless every step before the push succeeded, and the manifest is
+/// pushed only after every blob it references is in the destination repository.
+pub async fn patch(
+    settings: &PatchSettings,
+    reporter: &dyn Reporter,
+) -> Result<PatchOutcome, PatchError> {
+    match tokio::time::timeout(settings.timeout, run(settings, reporter)).await {
+        Ok(result) => result,
+        Err(_) => Err(PatchError::TimedOut {
+            limit: settings.timeout,
+        }),
+    }
+}
+
+async fn run(settings: &PatchSettings, reporter: &dyn Reporter) -> Result<PatchOutcome, PatchError> {
+    let source = Reference::parse(&settings.image)?;
+    let destination =
+        reference::destination(&source, settings.tag.as_deref(), &settings.tag_suffix)?;
+    let report = Report::from_file(&settings.report)?;
+    let platform = settings
+        .platform
+        .as_deref()
+        .map(str::parse::<Platform>)
+        .transpose()?;
+    let client = RegistryClient::new(RegistryOptions {
+        insecure_registries: settings.insecure_registries.clone(),
+        ca_files: settings.ca_files.clone(),
+        timeout: Some(settings.timeout),
+        auth_env: AuthEnv::from_process_env(),
+        ..RegistryOptions::default()
+    })?;
+
+    reporter.event(Event::Phase(Phase::ResolveImage));
+    let image = client.resolve_image(&source, platform.as_ref()).await?;
+    reporter.event(Event::Phase(Phase::ReadLayers));
+    let rootfs = layers::read_rootfs(&client, &source, &image.layers, reporter).await?;
+    let os = OsRelease::from_rootfs(&rootfs).ok_or(PatchError::NoOsRelease)?;
+    check_report_os(&report, &os)?;
+    if !os.is_like("debian") {
+        return Err(PatchError::UnsupportedOs {
+            os: os.display_name(),
+        });
+    }
+
+    let work = WorkDir::new(settings.work_dir.as_deref())?;
+    let created = history_time(&image.config_bytes);
+    let result = debian::patch_debian(
+        &debian::DebianInputs {
+            rootfs: &rootfs,
+            os: &os,
+            report: &report,
+            settings,
+            work_dir: work.path(),
+            platform_arch: image_architecture(&image.config_bytes),
+            created_epoch: created.epoch,
+        },
+        reporter,
+    )
+    .await?;
+
+    let mut outcome = PatchOutcome {
+        status: PatchStatus::NothingToPatch,
+        source: source.to_string(),
+        source_digest: image.manifest.digest.to_string(),
+        destination: destination.to_string(),
+        manifest_digest: None,
+        layer_digest: None,
+        os: os.display_name(),
+        updates: result.updates,
+        skipped: result.skipped,
+        failed: result.failed,
+        scripts_not_run: result.scripts_not_run,
+        warnings: result.warnings,
+    };
+    let Some(layer) = result.layer else {
+        return Ok(outcome);
+    };
+
+    let record = PatchRecord {
+        diff_id: layer.diff_id.clone(),
+        packages: outcome
+            .updates
+            .iter()
+            .map(|u| PatchedPackage {
+                name: u.name.clone(),
+                from_version: u.installed_version.clone().unwrap_or_default(),
+                to_version: u.new_version.clone(),
+            })
+            .collect(),
+    };
+    let history = HistoryEntry {
+        created: created.rfc3339,
+        created_by: format!(
+            "layermend patch: {} package(s) updated without running maintainer scripts",
+            outcome.updates.len()
+        ),
+        comment: outcome
+            .updates
+            .iter()
+            .map(|u| format!("{} {}", u.name, u.new_version))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let config = image::append_layer_to_config(
+        &image.config_bytes,
+        &layer.diff_id,
+        &history,
+        &[(PATCH_LABEL.to_owned(), record.to_label_value())],
+    )?;
+    let config_digest = Digest::of(&config);
+    let manifest = image::append_layer_to_manifest(
+        &image.manifest.bytes,
+        (&layer.digest, layer.size),
+        (&config_digest, config.len() as u64),
+        &[],
+    )?;
+
+    reporter.event(Event::Phase(Phase::Push));
+    push::push_image(
+        &client,
+        &source,
+        &destination,
+        &image,
+        &layer,
+        &config,
+        work.path(),
+        reporter,
+    )
+    .await?;
+    let digest = client
+        .push_manifest(&destination, &manifest, &image.manifest.media_type)
+        .await?;
+    outcome.status = PatchStatus::Patched;
+    outcome.manifest_digest = Some(digest.to_string());
+    outcome.layer_digest = Some(layer.digest.to_string());
+    Ok(outcome)
+}
+
+/// Compares the report's OS with the image's. Family must match; the report's version
+/// must start with the image's major version (Trivy writes Debian 12 as `12.8`).
+fn check_report_os(report: &Report, os: &OsRelease) -> Result<(), PatchError> {
+    let Some(report_os) = &report.os else {
+        return Ok(());
+    };
+    let family_matches = report_os.family == os.id;
+    let image_major = os.version_id.split('.').next().unwrap_or("");
+    let report_major = report_os.version.split('.').next().unwrap_or("");
+    let version_matches = image_major.is_empty() || report_major == image_major;
+    if family_matches && version_matches {
+        return Ok(());
+    }
+    Err(PatchError::ReportOsMismatch {
+        report_os: format!("{} {}", report_os.family, report_os.version),
+        image_os: os.display_name(),
+    })
+}
+
+/// The time stamp recorded for the new layer.
+struct HistoryTime {
+    rfc3339: String,
+    epoch: u64,
+}
+
+/// Uses `SOURCE_DATE_EPOCH` when set, else the source config's `created`, so the same
+/// inputs give the same config and manifest digests.
+fn history_time(config: &[u8]) -> HistoryTime {
+    let from_env = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0));
+    let from_config = || {
+        serde_json::from_slice::<serde_json::Value>(config)
+            .ok()
+            .and_then(|v| v.get("created")?.as_str().map(str::to_owned))
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let time = from_env
+        .or_else(from_config)
+        .unwrap_or(chrono::DateTime::UNIX_EPOCH);
+    HistoryTime {
+        rfc3339: time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        epoch: time.timestamp().max(0) as u64,
+    }
+}
+
+/// The image's `architecture` in OCI terms (`amd64`), from its config.
+fn image_architecture(config: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(config)
+        .ok()?
+        .get("architecture")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The directory for downloads and the new layer: the user's, or a temporary one removed
+/// on drop.
+struct WorkDir {
+    _temp: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn new(requested: Option<&std::path::Path>) -> Result<Self, PatchError> {
+        match requested {
+            Some(path) => {
+                fs_err::create_dir_all(path).map_err(|source| PatchError::WorkDir {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Ok(WorkDir {
+                    _temp: None,
+                    path: path.to_owned(),
+                })
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("layermend-")
+                    .tempdir()
+                    .map_err(|source| PatchError::WorkDir {
+                        path: std::env::temp_dir(),
+                        source,
+                    })?;
+                let path = temp.path().to_owned();
+                Ok(WorkDir {
+                    _temp: Some(temp),
+                    path,
+                })
+            }
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}

@@ -1,0 +1,72 @@
+//! What a patch did, for the caller to render.
+
+use serde::Serialize;
+
+/// One package the patch layer installs.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackageUpdate {
+    pub name: String,
+    pub arch: String,
+    /// The version in the source image; `None` for a package newly installed because an
+    /// update depends on it.
+    pub installed_version: Option<String>,
+    pub new_version: String,
+    /// The vulnerabilities from the report that this update fixes.
+    pub vulnerabilities: Vec<String>,
+    /// Why the package is in the patch: `requested` by the report, or pulled in as a
+    /// dependency of another update.
+    pub reason: String,
+}
+
+/// A reported package the patch leaves alone, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedPackage {
+    pub name: String,
+    pub reason: String,
+}
+
+/// A reported package that could not be updated; only with `ignore_errors`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedPackage {
+    pub name: String,
+    pub error: String,
+}
+
+/// Maintainer scripts and triggers of one package that dpkg or apk would have run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScriptsNotRun {
+    pub package: String,
+    pub scripts: Vec<String>,
+    pub triggers: Vec<String>,
+}
+
+/// Whether a new image was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PatchStatus {
+    Patched,
+    NothingToPatch,
+}
+
+/// The result of one patch.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchOutcome {
+    pub status: PatchStatus,
+    /// The source image reference as given.
+    pub source: String,
+    /// The manifest digest of the source image (the platform manifest, not an index).
+    pub source_digest: String,
+    /// The reference the result was written to.
+    pub destination: String,
+    /// The manifest digest of the result; `None` when nothing was written.
+    pub manifest_digest: Option<String>,
+    /// The digest of the added layer; `None` when nothing was written.
+    pub layer_digest: Option<String>,
+    /// The distribution of the image, as `os-release` names it.
+    pub os: String,
+    pub updates: Vec<PackageUpdate>,
+    pub skipped: Vec<SkippedPackage>,
+    pub failed: Vec<FailedPackage>,
+    pub scripts_not_run: Vec<ScriptsNotRun>,
+    pub warnings: Vec<String>,
+}
