@@ -316,9 +316,7 @@ fn check_host(host: &str) -> Result<(), String> {
 /// Checks each path component against `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`.
 fn check_repository(repository: &str) -> Result<(), String> {
     if repository.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "repository name {repository:?} must be lower case"
-        ));
+        return Err(format!("repository name {repository:?} must be lower case"));
     }
     for component in repository.split('/') {
         if !valid_component(component) {
@@ -364,7 +362,10 @@ fn valid_component(component: &str) -> bool {
 }
 
 fn is_hex_64(value: &str) -> bool {
-    value.len() == 64 && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -383,19 +384,61 @@ mod tests {
         // (input, registry, repository, tag, has digest)
         let cases: &[(&str, &str, &str, Option<&str>, bool)] = &[
             ("debian", "docker.io", "library/debian", None, false),
-            ("debian:bookworm", "docker.io", "library/debian", Some("bookworm"), false),
+            (
+                "debian:bookworm",
+                "docker.io",
+                "library/debian",
+                Some("bookworm"),
+                false,
+            ),
             ("user/app:1.0", "docker.io", "user/app", Some("1.0"), false),
-            ("docker.io/debian", "docker.io", "library/debian", None, false),
-            ("index.docker.io/debian:12", "docker.io", "library/debian", Some("12"), false),
+            (
+                "docker.io/debian",
+                "docker.io",
+                "library/debian",
+                None,
+                false,
+            ),
+            (
+                "index.docker.io/debian:12",
+                "docker.io",
+                "library/debian",
+                Some("12"),
+                false,
+            ),
             ("index.docker.io/a/b", "docker.io", "a/b", None, false),
             ("localhost/app", "localhost", "app", None, false),
-            ("localhost:5000/app:v1", "localhost:5000", "app", Some("v1"), false),
-            ("127.0.0.1:5000/a/b/c:t", "127.0.0.1:5000", "a/b/c", Some("t"), false),
+            (
+                "localhost:5000/app:v1",
+                "localhost:5000",
+                "app",
+                Some("v1"),
+                false,
+            ),
+            (
+                "127.0.0.1:5000/a/b/c:t",
+                "127.0.0.1:5000",
+                "a/b/c",
+                Some("t"),
+                false,
+            ),
             ("example.com/app", "example.com", "app", None, false),
             ("Example.com/app", "Example.com", "app", None, false),
             ("[::1]:5000/app:x", "[::1]:5000", "app", Some("x"), false),
-            ("test.com:tag", "docker.io", "library/test.com", Some("tag"), false),
-            ("a__b/c-d---e.f_g:T_1.x-y", "docker.io", "a__b/c-d---e.f_g", Some("T_1.x-y"), false),
+            (
+                "test.com:tag",
+                "docker.io",
+                "library/test.com",
+                Some("tag"),
+                false,
+            ),
+            (
+                "a__b/c-d---e.f_g:T_1.x-y",
+                "docker.io",
+                "a__b/c-d---e.f_g",
+                Some("T_1.x-y"),
+                false,
+            ),
         ];
         for &(input, registry, repository, tag, has_digest) in cases {
             let parsed = Reference::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -470,7 +513,10 @@ mod tests {
 
     #[test]
     fn api_host_maps_docker_hub() {
-        assert_eq!(Reference::parse("debian").unwrap().api_host(), DOCKER_HUB_API_HOST);
+        assert_eq!(
+            Reference::parse("debian").unwrap().api_host(),
+            DOCKER_HUB_API_HOST
+        );
         assert_eq!(
             Reference::parse("localhost:5000/a").unwrap().api_host(),
             "localhost:5000"
