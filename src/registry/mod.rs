@@ -1,3 +1,855 @@
 //! Registry access: manifests and blobs over the OCI distribution API.
+//!
+//! [`RegistryClient`] wraps oci-client and uses only its streaming and raw-manifest calls:
+//! whole-image pulls and pushes hold layers in memory, and its typed manifest push
+//! re-serializes the manifest, which changes the digest.
+//!
+//! Transport rule: hosts in [`RegistryOptions::insecure_registries`] use plain HTTP. Loopback
+//! hosts (`localhost`, `127.0.0.0/8`, `[::1]`) use plain HTTP too, as local test registries
+//! usually do, unless listed in [`RegistryOptions::tls_registries`]. Every other host uses
+//! HTTPS, trusting the webpki roots plus [`RegistryOptions::ca_files`].
 
 pub mod auth;
+mod blob;
+mod error;
+mod platform;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::Client;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+
+pub use blob::BlobReader;
+pub use error::RegistryError;
+pub use platform::{InvalidPlatform, Platform};
+
+use self::auth::{AuthEnv, Credential};
+use self::blob::CheckedStream;
+use self::error::{Context, classify};
+use crate::digest::Digest;
+use crate::image::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, ImageFamily, OCI_INDEX, OCI_MANIFEST};
+use crate::reference::Reference;
+
+/// The manifest media types requested from registries, in order of preference.
+pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+];
+
+/// Maximum size of an image config read into memory, the limit containers/image
+/// (`iolimits.MaxConfigBodySize`) applies.
+pub const MAX_CONFIG_SIZE: u64 = 4 * 1024 * 1024;
+
+/// How to reach registries.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    /// Hosts (with port, as written in references) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Loopback hosts reached over HTTPS instead of the plain HTTP loopback default.
+    pub tls_registries: Vec<String>,
+    /// PEM files of extra trusted CA certificates, such as `SSL_CERT_FILE`.
+    pub ca_files: Vec<PathBuf>,
+    /// Limit for connecting and for each read; a whole transfer may take longer.
+    pub timeout: Option<Duration>,
+    pub auth_env: AuthEnv,
+}
+
+/// A manifest or index exactly as the registry returned it.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+/// A content descriptor from a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Descriptor {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// One image manifest, chosen for a platform, with its config.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    pub manifest: FetchedManifest,
+    pub family: ImageFamily,
+    pub config: Descriptor,
+    /// The config blob, digest and size verified.
+    pub config_bytes: Vec<u8>,
+    pub layers: Vec<Descriptor>,
+    /// The index or manifest list the manifest was chosen from, if any.
+    pub index: Option<FetchedManifest>,
+    /// The platform of the chosen index entry, if an index was followed.
+    pub platform: Option<Platform>,
+}
+
+/// What [`RegistryClient::push_blob_file`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobPush {
+    AlreadyPresent,
+    Uploaded,
+}
+
+/// What [`RegistryClient::copy_blob`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobCopy {
+    AlreadyPresent,
+    /// Mounted from another repository of the same registry without a transfer.
+    Mounted,
+    /// Streamed through this process.
+    Streamed,
+}
+
+/// A registry client with credentials resolved once per registry host.
+pub struct RegistryClient {
+    http: Client,
+    https: Client,
+    insecure_registries: Vec<String>,
+    tls_registries: Vec<String>,
+    auth_env: AuthEnv,
+    credentials: Mutex<HashMap<String, RegistryAuth>>,
+}
+
+/// One prepared request target: the oci-client for its scheme and the converted reference.
+struct Target<'a> {
+    client: &'a Client,
+    reference: oci_client::Reference,
+    auth: RegistryAuth,
+}
+
+impl RegistryClient {
+    /// Builds the client; reads the CA files and installs the rustls ring provider.
+    pub fn new(options: RegistryOptions) -> Result<Self, RegistryError> {
+        // Another part of the process may have installed a provider already; either way
+        // one is in place afterwards.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+
+        let mut certificates = Vec::new();
+        for path in &options.ca_files {
+            certificates.extend(read_ca_file(path)?);
+        }
+        let config = |protocol, extra_root_certificates| ClientConfig {
+            protocol,
+            extra_root_certificates,
+            // One PUT per blob with a streamed body, in place of 4 MiB PATCH requests.
+            use_monolithic_push: true,
+            read_timeout: options.timeout,
+            connect_timeout: options.timeout,
+            platform_resolver: None,
+            ..ClientConfig::default()
+        };
+        // `Client::new` falls back to a default client on errors, dropping the CA files.
+        let build =
+            |config| Client::try_from(config).map_err(|source| RegistryError::Setup { source });
+        Ok(RegistryClient {
+            http: build(config(ClientProtocol::Http, Vec::new()))?,
+            https: build(config(ClientProtocol::Https, certificates))?,
+            insecure_registries: options.insecure_registries,
+            tls_registries: options.tls_registries,
+            auth_env: options.auth_env,
+            credentials: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Returns whether `registry` (a host with optional port) is reached over HTTPS.
+    pub fn uses_tls(&self, registry: &str) -> bool {
+        if self.insecure_registries.iter().any(|host| host == registry) {
+            return false;
+        }
+        !is_loopback(registry) || self.tls_registries.iter().any(|host| host == registry)
+    }
+
+    /// Fetches a manifest or index by tag or digest, verifying the digest when the
+    /// reference pins one.
+    pub async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let target = self.target(reference).await?;
+        let what = match (&reference.digest, reference.tag_or_default()) {
+            (Some(digest), _) => format!("manifest {digest}"),
+            (None, tag) => format!("manifest for tag {:?}", tag.unwrap_or_default()),
+        };
+        let (bytes, _) = target
+            .client
+            .pull_manifest_raw(&target.reference, &target.auth, &MANIFEST_MEDIA_TYPES)
+            .await
+            .map_err(|error| self.classify(error, reference, "pull", what))?;
+
+        let digest = Digest::of(&bytes);
+        if let Some(expected) = &reference.digest
+            && *expected != digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                registry: reference.registry.clone(),
+                repository: reference.repository.clone(),
+                expected: expected.clone(),
+                actual: digest.to_string(),
+            });
+        }
+        let media_type = manifest_media_type(&bytes, reference)?;
+        tracing::debug!(%reference, %digest, media_type, "fetched manifest");
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// Resolves a reference to one image manifest, following an index to the entry for
+    /// `platform` (the host's platform when `None`), and reads its config.
+    pub async fn resolve_image(
+        &self,
+        reference: &Reference,
+        platform: Option<&Platform>,
+    ) -> Result<ResolvedImage, RegistryError> {
+        let top = self.fetch_manifest(reference).await?;
+        let (manifest, index, chosen) = if is_index(&top.media_type) {
+            let wanted = platform.cloned().unwrap_or_else(Platform::host);
+            let (digest, found) = select_platform(&top, reference, &wanted)?;
+            let child = self.fetch_manifest(&reference.with_digest(digest)).await?;
+            if is_index(&child.media_type) {
+                return Err(invalid_manifest(
+                    reference,
+                    "an index entry for the platform is itself an index",
+                ));
+            }
+            tracing::debug!(%reference, platform = %found, digest = %child.digest, "selected manifest from index");
+            (child, Some(top), Some(found))
+        } else {
+            (top, None, None)
+        };
+
+        let family = ImageFamily::from_manifest_media_type(&manifest.media_type).map_err(|_| {
+            RegistryError::UnsupportedMediaType {
+                reference: reference.to_string(),
+                media_type: manifest.media_type.clone(),
+            }
+        })?;
+        let (config, layers) = parse_image_manifest(&manifest.bytes, reference)?;
+        if config.size > MAX_CONFIG_SIZE {
+            return Err(invalid_manifest(
+                reference,
+                &format!(
+                    "config {} has {} bytes, more than the {MAX_CONFIG_SIZE} allowed",
+                    config.digest, config.size
+                ),
+            ));
+        }
+        let config_bytes = self
+            .read_blob(reference, &config.digest, config.size)
+            .await?;
+        Ok(ResolvedImage {
+            manifest,
+            family,
+            config,
+            config_bytes,
+            layers,
+            index,
+            platform: chosen,
+        })
+    }
+
+    /// Opens a blob for streaming. The reader fails, with a [`RegistryError`] inside the
+    /// `io::Error`, on a digest mismatch at the end, as soon as more than `size` bytes arrive,
+    /// or when fewer arrive. Read it to the end: only then is the digest checked.
+    pub async fn open_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<BlobReader, RegistryError> {
+        Ok(BlobReader::new(
+            self.blob_stream(reference, digest, size).await?,
+        ))
+    }
+
+    /// Reads a whole blob into memory, checked as [`Self::open_blob`] checks it.
+    pub async fn read_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let mut reader = self.open_blob(reference, digest, size).await?;
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 20));
+        reader
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|error| into_registry_error(error, reference, digest))?;
+        Ok(bytes)
+    }
+
+    /// Checks whether the repository has the blob.
+    pub async fn blob_exists(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let target = self.target(reference).await?;
+        target
+            .client
+            .blob_exists(&target.reference, digest.as_str())
+            .await
+            .map_err(|error| self.classify(error, reference, "check", format!("blob {digest}")))
+    }
+
+    /// Uploads a file as a blob, streaming it, unless the repository already has the blob.
+    pub async fn push_blob_file(
+        &self,
+        target_ref: &Reference,
+        path: &Path,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<BlobPush, RegistryError> {
+        if self.blob_exists(target_ref, digest).await? {
+            tracing::debug!(target = %target_ref, %digest, "blob already present, skipping upload");
+            return Ok(BlobPush::AlreadyPresent);
+        }
+        let file_error = |source| RegistryError::BlobFile {
+            path: path.to_owned(),
+            digest: digest.clone(),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(file_error)?;
+        let actual = file.metadata().await.map_err(file_error)?.len();
+        if actual != size {
+            return Err(RegistryError::BlobFileSize {
+                path: path.to_owned(),
+                digest: digest.clone(),
+                expected: size,
+                actual,
+            });
+        }
+        let path_for_errors = path.to_owned();
+        let stream = tokio_util::io::ReaderStream::new(file).map_err(move |source| {
+            OciDistributionError::IoError(std::io::Error::new(
+                source.kind(),
+                format!("failed to read {}: {source}", path_for_errors.display()),
+            ))
+        });
+        tracing::debug!(target = %target_ref, %digest, size, path = %path.display(), "uploading blob");
+        self.push_stream(target_ref, stream, digest, size).await?;
+        Ok(BlobPush::Uploaded)
+    }
+
+    /// Copies a blob between repositories: nothing when the target has it, a cross-repository
+    /// mount within one registry, and a streamed download and upload otherwise or when the
+    /// mount fails.
+    pub async fn copy_blob(
+        &self,
+        from: &Reference,
+        to: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<BlobCopy, RegistryError> {
+        if self.blob_exists(to, digest).await? {
+            tracing::debug!(target = %to, %digest, "blob already present, skipping copy");
+            return Ok(BlobCopy::AlreadyPresent);
+        }
+        if from.registry == to.registry && from.repository != to.repository {
+            let target = self.target(to).await?;
+            let source = oci_reference(from);
+            // A mount can fail where a copy works: bearer tokens are scoped to the target
+            // repository, and registries may answer 202 to start a normal upload instead.
+            match target
+                .client
+                .mount_blob(&target.reference, &source, digest.as_str())
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!(from = %from, to = %to, %digest, "mounted blob");
+                    return Ok(BlobCopy::Mounted);
+                }
+                Err(error) => {
+                    tracing::debug!(from = %from, to = %to, %digest, %error, "blob mount failed, streaming instead");
+                }
+            }
+        }
+        tracing::debug!(from = %from, to = %to, %digest, size, "streaming blob");
+        let stream = self
+            .blob_stream(from, digest, size)
+            .await?
+            .map_err(OciDistributionError::IoError);
+        match self.push_stream(to, stream, digest, size).await {
+            Ok(()) => Ok(BlobCopy::Streamed),
+            // A failed download aborts the upload; report the download's own error.
+            Err(RegistryError::Request {
+                source: OciDistributionError::RequestError(error),
+                ..
+            }) if find_registry_error(&error).is_some() => {
+                let inner = find_registry_error(&error).expect("checked above");
+                Err(RegistryError::BlobRead {
+                    registry: from.registry.clone(),
+                    repository: from.repository.clone(),
+                    digest: digest.clone(),
+                    source: std::io::Error::other(inner.to_string()),
+                })
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Pushes manifest bytes unchanged under the reference's tag (or digest) and returns
+    /// their digest.
+    pub async fn push_manifest(
+        &self,
+        target_ref: &Reference,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let digest = Digest::of(bytes);
+        let content_type = reqwest::header::HeaderValue::from_str(media_type).map_err(|_| {
+            RegistryError::UnsupportedMediaType {
+                reference: target_ref.to_string(),
+                media_type: media_type.to_owned(),
+            }
+        })?;
+        let target = self.target(target_ref).await?;
+        target
+            .client
+            .push_manifest_raw(&target.reference, bytes.to_vec(), content_type)
+            .await
+            .map_err(|error| {
+                self.classify(error, target_ref, "push", format!("manifest {digest}"))
+            })?;
+        tracing::debug!(target = %target_ref, %digest, media_type, "pushed manifest");
+        Ok(digest)
+    }
+
+    async fn blob_stream(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<CheckedStream, RegistryError> {
+        let target = self.target(reference).await?;
+        let sized = target
+            .client
+            .pull_blob_stream(&target.reference, digest.as_str())
+            .await
+            .map_err(|error| self.classify(error, reference, "pull", format!("blob {digest}")))?;
+        if sized.content_length.is_some_and(|length| length > size) {
+            return Err(RegistryError::SizeExceeded {
+                registry: reference.registry.clone(),
+                repository: reference.repository.clone(),
+                digest: digest.clone(),
+                expected: size,
+            });
+        }
+        Ok(CheckedStream::new(
+            sized.stream,
+            &reference.registry,
+            &reference.repository,
+            digest,
+            size,
+        ))
+    }
+
+    async fn push_stream<S>(
+        &self,
+        target_ref: &Reference,
+        stream: S,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError>
+    where
+        S: futures_util::Stream<Item = oci_client::errors::Result<Bytes>> + Send + 'static,
+    {
+        let target = self.target(target_ref).await?;
+        target
+            .client
+            .push_blob_stream(
+                &target.reference,
+                stream.boxed(),
+                digest.as_str(),
+                Some(size),
+            )
+            .await
+            .map_err(|error| self.classify(error, target_ref, "push", format!("blob {digest}")))?;
+        Ok(())
+    }
+
+    /// Picks the client for the host, converts the reference and makes sure the host's
+    /// credential is stored in that client.
+    async fn target(&self, reference: &Reference) -> Result<Target<'_>, RegistryError> {
+        let client = if self.uses_tls(&reference.registry) {
+            &self.https
+        } else {
+            &self.http
+        };
+        let auth = self.credential(reference).await?;
+        let oci = oci_reference(reference);
+        client
+            .store_auth_if_needed(oci.resolve_registry(), &auth)
+            .await;
+        Ok(Target {
+            client,
+            reference: oci,
+            auth,
+        })
+    }
+
+    /// Returns the host's credential, looking it up on first use.
+    ///
+    /// NOTE: oci-client keeps one credential per host, so a repository-scoped entry in
+    /// auth.json applies to every repository of the host once the first one has used it.
+    async fn credential(&self, reference: &Reference) -> Result<RegistryAuth, RegistryError> {
+        let mut cache = self.credentials.lock().await;
+        if let Some(auth) = cache.get(&reference.registry) {
+            return Ok(auth.clone());
+        }
+        let env = self.auth_env.clone();
+        let registry = reference.registry.clone();
+        let repository = reference.repository.clone();
+        // The lookup reads files and may run a credential helper, so it leaves the runtime.
+        let found = tokio::task::spawn_blocking(move || auth::lookup(&env, &registry, &repository))
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+            .map_err(|source| RegistryError::Credentials {
+                registry: reference.registry.clone(),
+                source,
+            })?;
+        let auth = match found {
+            Credential::Anonymous => RegistryAuth::Anonymous,
+            Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
+            // NOTE: docker exchanges an identity token for a bearer token through the
+            // registry's OAuth2 endpoint; oci-client cannot, so the token goes out as a
+            // basic-auth password with docker's `<token>` user name, which only some
+            // registries accept.
+            Credential::IdentityToken(token) => RegistryAuth::Basic("<token>".to_owned(), token),
+        };
+        cache.insert(reference.registry.clone(), auth.clone());
+        Ok(auth)
+    }
+
+    fn classify(
+        &self,
+        error: OciDistributionError,
+        reference: &Reference,
+        operation: &'static str,
+        what: String,
+    ) -> RegistryError {
+        classify(
+            error,
+            Context {
+                registry: &reference.registry,
+                repository: &reference.repository,
+                operation,
+                what,
+            },
+        )
+    }
+}
+
+/// Converts a reference to oci-client's form, addressed to the API host.
+fn oci_reference(reference: &Reference) -> oci_client::Reference {
+    let host = reference.api_host().to_owned();
+    let repository = reference.repository.clone();
+    match (&reference.digest, reference.tag_or_default()) {
+        (Some(digest), _) => {
+            oci_client::Reference::with_digest(host, repository, digest.to_string())
+        }
+        (None, tag) => {
+            oci_client::Reference::with_tag(host, repository, tag.unwrap_or_default().to_owned())
+        }
+    }
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => registry.split(':').next().unwrap_or(registry),
+    };
+    host == "localhost"
+        || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+        || host.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
+}
+
+fn invalid_manifest(reference: &Reference, reason: &str) -> RegistryError {
+    RegistryError::InvalidManifest {
+        reference: reference.to_string(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Reads the media type from the manifest body; an OCI document may omit it, and then its
+/// fields tell an index from a manifest.
+fn manifest_media_type(bytes: &[u8], reference: &Reference) -> Result<String, RegistryError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|error| invalid_manifest(reference, &format!("not JSON: {error}")))?;
+    let media_type = match value.get("mediaType").and_then(Value::as_str) {
+        Some(media_type) => media_type.to_owned(),
+        None if value.get("manifests").is_some() => OCI_INDEX.to_owned(),
+        None if value.get("config").is_some() => OCI_MANIFEST.to_owned(),
+        None => {
+            return Err(invalid_manifest(
+                reference,
+                "it has no mediaType, manifests or config field",
+            ));
+        }
+    };
+    if !MANIFEST_MEDIA_TYPES.contains(&media_type.as_str()) {
+        return Err(RegistryError::UnsupportedMediaType {
+            reference: reference.to_string(),
+            media_type,
+        });
+    }
+    Ok(media_type)
+}
+
+/// Chooses the index entry for `wanted` and returns its digest and platform.
+fn select_platform(
+    index: &FetchedManifest,
+    reference: &Reference,
+    wanted: &Platform,
+) -> Result<(Digest, Platform), RegistryError> {
+    let value: Value = serde_json::from_slice(&index.bytes)
+        .map_err(|error| invalid_manifest(reference, &format!("not JSON: {error}")))?;
+    let entries = platform::image_entries(&value);
+    let Some(entry) = entries.iter().find(|entry| wanted.matches(&entry.platform)) else {
+        let available: Vec<String> = entries.iter().map(|e| e.platform.to_string()).collect();
+        return Err(RegistryError::NoMatchingPlatform {
+            reference: reference.to_string(),
+            requested: wanted.to_string(),
+            available: if available.is_empty() {
+                "none".to_owned()
+            } else {
+                available.join(", ")
+            },
+        });
+    };
+    if let Some(media_type) = &entry.media_type
+        && !MANIFEST_MEDIA_TYPES.contains(&media_type.as_str())
+    {
+        return Err(RegistryError::UnsupportedMediaType {
+            reference: reference.to_string(),
+            media_type: media_type.clone(),
+        });
+    }
+    let digest = entry.digest.parse().map_err(|error| {
+        invalid_manifest(
+            reference,
+            &format!("index entry for {}: {error}", entry.platform),
+        )
+    })?;
+    tracing::trace!(size = ?entry.size, "index entry chosen");
+    Ok((digest, entry.platform.clone()))
+}
+
+/// Reads the config and layer descriptors of an image manifest.
+fn parse_image_manifest(
+    bytes: &[u8],
+    reference: &Reference,
+) -> Result<(Descriptor, Vec<Descriptor>), RegistryError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|error| invalid_manifest(reference, &format!("not JSON: {error}")))?;
+    let config = value
+        .get("config")
+        .ok_or_else(|| invalid_manifest(reference, "it has no config descriptor"))
+        .and_then(|config| parse_descriptor(config, reference, "config"))?;
+    let layers = value
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid_manifest(reference, "it has no layers array"))?
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| parse_descriptor(layer, reference, &format!("layer {i}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((config, layers))
+}
+
+fn parse_descriptor(
+    value: &Value,
+    reference: &Reference,
+    what: &str,
+) -> Result<Descriptor, RegistryError> {
+    let invalid =
+        |reason: &str| invalid_manifest(reference, &format!("{what} descriptor {reason}"));
+    let digest = value
+        .get("digest")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("has no digest"))?
+        .parse()
+        .map_err(|error| invalid(&format!("has an invalid digest: {error}")))?;
+    let size = value
+        .get("size")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| invalid("has no valid size"))?;
+    let media_type = value
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("has no mediaType"))?
+        .to_owned();
+    Ok(Descriptor {
+        digest,
+        size,
+        media_type,
+    })
+}
+
+/// Reads a PEM file and returns each certificate in it separately, because oci-client
+/// reads only the first certificate of a PEM buffer.
+fn read_ca_file(path: &Path) -> Result<Vec<Certificate>, RegistryError> {
+    let text = fs_err::read_to_string(path).map_err(|source| RegistryError::CaFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut certificates = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(end) = rest[start..].find(END) else {
+            break;
+        };
+        let block = &rest[start..start + end + END.len()];
+        certificates.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: format!("{block}\n").into_bytes(),
+        });
+        rest = &rest[start + end + END.len()..];
+    }
+    if certificates.is_empty() {
+        return Err(RegistryError::CaFileEmpty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certificates)
+}
+
+/// Unwraps the [`RegistryError`] that a [`BlobReader`] puts inside its `io::Error`.
+fn into_registry_error(
+    error: std::io::Error,
+    reference: &Reference,
+    digest: &Digest,
+) -> RegistryError {
+    let is_registry_error = error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<RegistryError>());
+    if is_registry_error {
+        let inner = error.into_inner().expect("checked above");
+        return *inner.downcast::<RegistryError>().expect("checked above");
+    }
+    RegistryError::BlobRead {
+        registry: reference.registry.clone(),
+        repository: reference.repository.clone(),
+        digest: digest.clone(),
+        source: error,
+    }
+}
+
+/// Finds a [`RegistryError`] in the cause chain of a request error.
+///
+/// `io::Error::source` skips the error it wraps, so each `io::Error` in the chain is
+/// opened with `get_ref`.
+fn find_registry_error(error: &reqwest::Error) -> Option<&RegistryError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(found) = current.downcast_ref::<RegistryError>() {
+            return Some(found);
+        }
+        let wrapped_io = match current.downcast_ref::<OciDistributionError>() {
+            Some(OciDistributionError::IoError(io)) => Some(io),
+            _ => current.downcast_ref::<std::io::Error>(),
+        };
+        if let Some(found) = wrapped_io
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<RegistryError>())
+        {
+            return Some(found);
+        }
+        source = current.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "example.com",
+            "10.0.0.1:5000",
+            "[::2]:5000",
+            "localhost.example.com",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn transport_rule() {
+        let client = RegistryClient::new(RegistryOptions {
+            insecure_registries: vec!["10.0.0.1:5000".to_owned()],
+            tls_registries: vec!["127.0.0.1:5443".to_owned()],
+            ..RegistryOptions::default()
+        })
+        .unwrap();
+        assert!(!client.uses_tls("127.0.0.1:5000"));
+        assert!(client.uses_tls("127.0.0.1:5443"));
+        assert!(!client.uses_tls("10.0.0.1:5000"));
+        assert!(client.uses_tls("example.com"));
+    }
+
+    #[test]
+    fn ca_file_splits_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.pem");
+        let block = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        fs_err::write(&path, format!("junk\n{block}{block}")).unwrap();
+        assert_eq!(read_ca_file(&path).unwrap().len(), 2);
+
+        fs_err::write(&path, "no certificates").unwrap();
+        let error = read_ca_file(&path).unwrap_err();
+        assert!(error.to_string().contains("bundle.pem"), "{error}");
+    }
+
+    #[test]
+    fn media_type_from_body() {
+        let reference = Reference::parse("127.0.0.1:5000/a:b").unwrap();
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert_eq!(manifest_media_type(index, &reference).unwrap(), OCI_INDEX);
+        let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        assert_eq!(
+            manifest_media_type(manifest, &reference).unwrap(),
+            OCI_MANIFEST
+        );
+        let schema1 =
+            br#"{"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#;
+        assert!(matches!(
+            manifest_media_type(schema1, &reference),
+            Err(RegistryError::UnsupportedMediaType { .. })
+        ));
+    }
+}

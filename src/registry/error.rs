@@ -1,0 +1,312 @@
+//! Registry errors and their classification from oci-client failures.
+
+use std::path::PathBuf;
+
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+
+use super::auth::AuthError;
+use crate::digest::Digest;
+
+/// A failed registry operation. Messages name the registry, repository and digest.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("failed to set up the registry client")]
+    Setup {
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("failed to read CA file {path}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid CA file {path}: it contains no PEM certificate")]
+    CaFileEmpty { path: PathBuf },
+    #[error("failed to look up credentials for {registry}")]
+    Credentials {
+        registry: String,
+        #[source]
+        source: AuthError,
+    },
+    #[error("{what} not found in {registry}/{repository}\nhint: check the image name and tag")]
+    NotFound {
+        registry: String,
+        repository: String,
+        what: String,
+        #[source]
+        source: Option<OciDistributionError>,
+    },
+    #[error(
+        "unauthorized: {registry} rejected the credentials for {repository}\n\
+         hint: run `docker login {registry}` or set REGISTRY_AUTH_FILE to a file with credentials for it"
+    )]
+    Unauthorized {
+        registry: String,
+        repository: String,
+        #[source]
+        source: Option<OciDistributionError>,
+    },
+    #[error(
+        "access denied to {registry}/{repository}\n\
+         hint: check that the account from `docker login {registry}` may {operation} this repository"
+    )]
+    Denied {
+        registry: String,
+        repository: String,
+        operation: &'static str,
+        #[source]
+        source: Option<OciDistributionError>,
+    },
+    #[error("digest mismatch in {registry}/{repository}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        registry: String,
+        repository: String,
+        expected: Digest,
+        actual: String,
+    },
+    #[error(
+        "blob {digest} in {registry}/{repository} is larger than the {expected} bytes its \
+         descriptor states"
+    )]
+    SizeExceeded {
+        registry: String,
+        repository: String,
+        digest: Digest,
+        expected: u64,
+    },
+    #[error(
+        "blob {digest} in {registry}/{repository} ended after {actual} bytes, expected {expected}"
+    )]
+    Truncated {
+        registry: String,
+        repository: String,
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("failed to read blob {digest} from {registry}/{repository}")]
+    BlobRead {
+        registry: String,
+        repository: String,
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to read {path} for upload as blob {digest}")]
+    BlobFile {
+        path: PathBuf,
+        digest: Digest,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("file {path} has {actual} bytes, but blob {digest} should have {expected}")]
+    BlobFileSize {
+        path: PathBuf,
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "TLS handshake with {registry} failed\n\
+         hint: if {registry} serves plain HTTP, pass --insecure-registry {registry}; if its \
+         certificate comes from a private CA, pass that CA file"
+    )]
+    Tls {
+        registry: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error(
+        "{registry} expects HTTPS but was contacted over plain HTTP\n\
+         hint: remove {registry} from the insecure registries; a loopback registry needs to be \
+         marked as a TLS registry"
+    )]
+    ExpectsHttps {
+        registry: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error(
+        "failed to connect to {registry}\n\
+         hint: check that the registry is running; for a registry on plain HTTP pass \
+         --insecure-registry {registry}"
+    )]
+    Connection {
+        registry: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("request to {registry} timed out")]
+    Timeout {
+        registry: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("invalid manifest {reference}: {reason}")]
+    InvalidManifest { reference: String, reason: String },
+    #[error("unsupported manifest media type {media_type:?} for {reference}")]
+    UnsupportedMediaType {
+        reference: String,
+        media_type: String,
+    },
+    #[error(
+        "no image for platform {requested} in {reference}; available: {available}\n\
+         hint: pass one of the available platforms with --platform"
+    )]
+    NoMatchingPlatform {
+        reference: String,
+        requested: String,
+        available: String,
+    },
+    #[error("failed to {operation} {what} in {registry}/{repository}")]
+    Request {
+        registry: String,
+        repository: String,
+        operation: &'static str,
+        what: String,
+        #[source]
+        source: OciDistributionError,
+    },
+}
+
+/// The request that failed, for classifying an oci-client error.
+pub(crate) struct Context<'a> {
+    pub registry: &'a str,
+    pub repository: &'a str,
+    pub operation: &'static str,
+    pub what: String,
+}
+
+/// Turns an oci-client error into a [`RegistryError`] with the registry and repository.
+pub(crate) fn classify(error: OciDistributionError, context: Context<'_>) -> RegistryError {
+    let registry = context.registry.to_owned();
+    let repository = context.repository.to_owned();
+    let status = status_of(&error);
+
+    if let OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
+        expected,
+        actual,
+    }) = &error
+        && let Ok(expected) = expected.parse::<Digest>()
+    {
+        return RegistryError::DigestMismatch {
+            actual: actual.clone(),
+            registry,
+            repository,
+            expected,
+        };
+    }
+    if matches!(
+        error,
+        OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_)
+    ) || status == Some(401)
+        || has_code(&error, &OciErrorCode::Unauthorized)
+    {
+        return RegistryError::Unauthorized {
+            registry,
+            repository,
+            source: Some(error),
+        };
+    }
+    if status == Some(403) || has_code(&error, &OciErrorCode::Denied) {
+        return RegistryError::Denied {
+            registry,
+            repository,
+            operation: context.operation,
+            source: Some(error),
+        };
+    }
+    let unknown = [
+        OciErrorCode::ManifestUnknown,
+        OciErrorCode::BlobUnknown,
+        OciErrorCode::NameUnknown,
+        OciErrorCode::NotFound,
+    ];
+    if status == Some(404)
+        || matches!(error, OciDistributionError::ImageManifestNotFoundError(_))
+        || unknown.iter().any(|code| has_code(&error, code))
+    {
+        return RegistryError::NotFound {
+            registry,
+            repository,
+            what: context.what,
+            source: Some(error),
+        };
+    }
+    if let OciDistributionError::ServerError {
+        code: 400, message, ..
+    } = &error
+        && message.contains("HTTPS")
+    {
+        return RegistryError::ExpectsHttps {
+            registry,
+            source: error,
+        };
+    }
+    if let OciDistributionError::RequestError(request) = &error {
+        if request.is_timeout() {
+            return RegistryError::Timeout {
+                registry,
+                source: error,
+            };
+        }
+        if has_rustls_source(request) {
+            return RegistryError::Tls {
+                registry,
+                source: error,
+            };
+        }
+        if request.is_connect() {
+            return RegistryError::Connection {
+                registry,
+                source: error,
+            };
+        }
+    }
+    RegistryError::Request {
+        registry,
+        repository,
+        operation: context.operation,
+        what: context.what,
+        source: error,
+    }
+}
+
+fn status_of(error: &OciDistributionError) -> Option<u16> {
+    match error {
+        OciDistributionError::ServerError { code, .. } => Some(*code),
+        OciDistributionError::RequestError(request) => request.status().map(|s| s.as_u16()),
+        _ => None,
+    }
+}
+
+fn has_code(error: &OciDistributionError, code: &OciErrorCode) -> bool {
+    match error {
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|e| &e.code == code)
+        }
+        _ => false,
+    }
+}
+
+/// Checks the cause chain for a rustls error, which marks a failed TLS handshake.
+fn has_rustls_source(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // hyper-util wraps the rustls error in an io::Error.
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
