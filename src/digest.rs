@@ -43,7 +43,10 @@ impl FromStr for Digest {
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let valid = value.strip_prefix("sha256:").is_some_and(|hex| {
-            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
         if valid {
             Ok(Digest(value.to_owned()))

@@ -63,7 +63,9 @@ impl RootfsIndex {
 
     /// Iterates over every path and its metadata in byte order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &FileInfo)> {
-        self.entries.iter().map(|(path, info)| (path.as_str(), info))
+        self.entries
+            .iter()
+            .map(|(path, info)| (path.as_str(), info))
     }
 
     /// Iterates over the direct children of `dir` (a normalized path, `""` for the root).
