@@ -148,7 +148,14 @@ impl PatchError {
             | PatchError::NoOsRelease
             | PatchError::UnsupportedOs { .. }
             | PatchError::ReportOsMismatch { .. } => true,
-            PatchError::Registry(err) => err.is_user_error(),
+            PatchError::Registry(err) => matches!(
+                err,
+                RegistryError::NotFound { .. }
+                    | RegistryError::Unauthorized { .. }
+                    | RegistryError::Denied { .. }
+                    | RegistryError::CaFile { .. }
+                    | RegistryError::CaFileEmpty { .. }
+            ),
             PatchError::Debian(err) => err.is_user_error(),
             _ => false,
         }
