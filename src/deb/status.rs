@@ -624,10 +624,8 @@ mod tests {
         let bytes = real_status();
         let mut db = StatusDb::parse(&bytes, "status").unwrap();
         let old = db.find("dpkg", "amd64").unwrap().clone();
-        let stanza = format!(
-            "Package: dpkg\nStatus: install ok installed\nArchitecture: amd64\nVersion: 99\nMaintainer: x\nDescription: y\n"
-        );
-        db.put(&stanza).unwrap();
+        let stanza = "Package: dpkg\nStatus: install ok installed\nArchitecture: amd64\nVersion: 99\nMaintainer: x\nDescription: y\n";
+        db.put(stanza).unwrap();
         assert_eq!(db.find("dpkg", "amd64").unwrap().version, "99");
         let out = String::from_utf8(db.to_bytes()).unwrap();
         let original = String::from_utf8(bytes).unwrap();
