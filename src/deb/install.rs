@@ -68,7 +68,7 @@ pub struct InstallOptions {
     pub mtime: u64,
 }
 
-/// What installing one package did and what it left undone.
+/// The outcome of installing one package, with the work left undone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PackageReport {
     pub name: String,
@@ -88,7 +88,7 @@ pub struct PackageReport {
     pub whiteouts: usize,
     /// Data entries not reproduced (device files, FIFOs).
     pub skipped: Vec<String>,
-    /// Where the status stanza was written.
+    /// The location of the written status stanza.
     pub stanza: Option<StanzaLocation>,
 }
 
@@ -639,7 +639,7 @@ enum ConffileAction {
 /// Decides a conffile as dpkg 1.21 does with `--force-confold`. `old_md5` is the MD5
 /// recorded in the status database, `None` for a conffile new to the package.
 ///
-/// Measured with real dpkg: a modified file is kept and the new one written as
+/// Measured with real dpkg: a modified file is kept. The new one is written as
 /// `.dpkg-dist` when the package changed it; a file the admin deleted stays deleted when
 /// the package did not change it, and gets a `.dpkg-dist` when it did.
 fn conffile_action(current: &Current, old_md5: Option<&str>, new_md5: &str) -> ConffileAction {

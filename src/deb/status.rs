@@ -328,7 +328,7 @@ const DPKG_FIELD_ORDER: &[&str] = &[
     "Description",
 ];
 
-/// Fields dpkg knows but never copies from a control file into the status file.
+/// Fields dpkg recognizes but never copies from a control file into the status file.
 const DPKG_DROPPED_FIELDS: &[&str] = &[
     "Filename",
     "Size",
@@ -479,7 +479,7 @@ fn format_relations(value: &str) -> String {
     groups.join(", ")
 }
 
-/// Where a package's stanza lives.
+/// The location of a package's stanza.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StanzaLocation {
     /// In the single status file.
