@@ -20,7 +20,7 @@ use crate::rootfs::normalize;
 /// Content up to this size stays in memory; larger content goes to the spool file.
 const INLINE_LIMIT: u64 = 64 * 1024;
 
-/// The longest name a ustar header holds without a prefix split.
+/// The maximum name length a ustar header stores without a prefix split.
 const USTAR_NAME_MAX: usize = 100;
 
 /// An error while collecting or writing layer entries.
@@ -59,7 +59,7 @@ pub struct EntryMeta {
     pub mtime: u64,
 }
 
-/// What a layer entry is, with where its content comes from.
+/// The kind of a layer entry and the source of its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryContent {
     /// A regular file whose content is held in memory.

@@ -188,22 +188,22 @@ impl DebFile {
         })
     }
 
-    /// The path this package was opened from.
+    /// Returns the path this package was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The control file's fields.
+    /// Returns the control file's fields.
     pub fn control(&self) -> &ControlFields {
         &self.control
     }
 
-    /// The control file exactly as shipped.
+    /// Returns the control file exactly as shipped.
     pub fn control_raw(&self) -> &[u8] {
         &self.control_raw
     }
 
-    /// The control file as a lossless deb822 paragraph.
+    /// Parses the control file as a lossless deb822 paragraph.
     pub fn control_paragraph(&self) -> Option<deb822_lossless::Paragraph> {
         let text = String::from_utf8_lossy(&self.control_raw);
         deb822_lossless::Deb822::parse(&text)
@@ -212,17 +212,17 @@ impl DebFile {
             .next()
     }
 
-    /// The package name (`Package`).
+    /// Returns the package name (`Package`).
     pub fn name(&self) -> &str {
         self.control.get("Package").unwrap_or_default()
     }
 
-    /// The version string (`Version`).
+    /// Returns the version string (`Version`).
     pub fn version(&self) -> &str {
         self.control.get("Version").unwrap_or_default()
     }
 
-    /// The architecture (`Architecture`).
+    /// Returns the architecture (`Architecture`).
     pub fn architecture(&self) -> &str {
         self.control.get("Architecture").unwrap_or_default()
     }

@@ -328,7 +328,7 @@ const DPKG_FIELD_ORDER: &[&str] = &[
     "Description",
 ];
 
-/// Fields dpkg knows but never copies from a control file into the status file.
+/// Fields dpkg recognizes but never copies from a control file into the status file.
 const DPKG_DROPPED_FIELDS: &[&str] = &[
     "Filename",
     "Size",
@@ -479,7 +479,7 @@ fn format_relations(value: &str) -> String {
     groups.join(", ")
 }
 
-/// Where a package's stanza lives.
+/// The location of a package's stanza.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StanzaLocation {
     /// In the single status file.
@@ -624,10 +624,8 @@ mod tests {
         let bytes = real_status();
         let mut db = StatusDb::parse(&bytes, "status").unwrap();
         let old = db.find("dpkg", "amd64").unwrap().clone();
-        let stanza = format!(
-            "Package: dpkg\nStatus: install ok installed\nArchitecture: amd64\nVersion: 99\nMaintainer: x\nDescription: y\n"
-        );
-        db.put(&stanza).unwrap();
+        let stanza = "Package: dpkg\nStatus: install ok installed\nArchitecture: amd64\nVersion: 99\nMaintainer: x\nDescription: y\n";
+        db.put(stanza).unwrap();
         assert_eq!(db.find("dpkg", "amd64").unwrap().version, "99");
         let out = String::from_utf8(db.to_bytes()).unwrap();
         let original = String::from_utf8(bytes).unwrap();
