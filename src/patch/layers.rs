@@ -20,7 +20,7 @@ pub fn patch_selector() -> Selector {
         "etc/debian_version",
         "etc/alpine-release",
         "var/lib/dpkg/status",
-        "var/lib/dpkg/diverts",
+        "var/lib/dpkg/diversions",
         "var/lib/dpkg/arch",
         "var/lib/dpkg/info/format",
         "etc/apt/trusted.gpg",
