@@ -156,6 +156,10 @@ pub struct Release {
     pub architectures: Vec<String>,
     pub components: Vec<String>,
     pub acquire_by_hash: bool,
+    /// `Architectures` lists `all` and `No-Support-for-Architecture-all: Packages` is absent,
+    /// so apt 2.6 reads `binary-all` indexes; otherwise `binary-ARCH` indexes carry the
+    /// `Architecture: all` packages.
+    pub separate_arch_all: bool,
     /// Paths relative to the Release file's directory, such as `main/binary-amd64/Packages.xz`.
     pub sha256: BTreeMap<String, IndexFile>,
 }
@@ -448,6 +452,8 @@ pub fn parse_release(text: &str, url: &str) -> Result<Release, ReleaseError> {
         architectures: words("Architectures"),
         components: words("Components"),
         acquire_by_hash: get("Acquire-By-Hash").is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+        separate_arch_all: words("Architectures").iter().any(|a| a == "all")
+            && get("No-Support-for-Architecture-all") != Some("Packages"),
         sha256,
     })
 }
@@ -509,6 +515,7 @@ mod tests {
         let release = verify_inrelease(&data, &debian_keyring(), valid_now(&data), "test").unwrap();
         assert_eq!(release.codename.as_deref(), Some("bookworm-security"));
         assert!(release.acquire_by_hash);
+        assert!(!release.separate_arch_all);
         assert!(release.architectures.iter().any(|a| a == "amd64"));
         assert!(release.valid_until.unwrap() > release.date.unwrap());
         let packages = &release.sha256["main/binary-amd64/Packages.xz"];

@@ -546,7 +546,9 @@ async fn load_source(
     }
     for component in &source.components {
         directories.push(format!("{component}/binary-{arch}/"));
-        directories.push(format!("{component}/binary-all/"));
+        if release.separate_arch_all {
+            directories.push(format!("{component}/binary-all/"));
+        }
     }
 
     let mut candidates = Vec::new();

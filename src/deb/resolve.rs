@@ -1222,4 +1222,46 @@ mod tests {
         let plan = resolve(&installed, &[request("b", "2")], &index, &options()).unwrap();
         assert_eq!(summary(&plan), ["b 2 (requested)"]);
     }
+
+    /// Loads bookworm-security for amd64 from the mirror in this machine's apt configuration
+    /// and resolves libssl3 from an older installed version.
+    #[tokio::test]
+    async fn network_security_suite_resolves() {
+        use crate::deb::release::Keyring;
+        use crate::deb::repo::{FetchOptions, Fetcher, ImageFiles, load_index};
+        use crate::deb::sources::{parse_source_files, tests::read_machine_sources};
+
+        struct Host;
+        impl ImageFiles for Host {
+            fn read(&self, path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
+                Ok(std::fs::read(path).ok())
+            }
+            fn list(&self, _: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+                Ok(Vec::new())
+            }
+        }
+
+        let sources: Vec<_> = parse_source_files(read_machine_sources())
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.suite == "bookworm-security")
+            .collect();
+        assert_eq!(sources.len(), 1, "apt config has no bookworm-security source");
+        let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
+        let index = load_index(&fetcher, &sources, "amd64", &Host, &Keyring::new(), chrono::Utc::now())
+            .await
+            .unwrap();
+        assert!(index.len() > 1000, "{} packages", index.len());
+
+        let newest = index.candidates("libssl3", "amd64")[0].entry.clone();
+        let installed = [
+            installed("libssl3", "3.0.11-1~deb12u1", &[("Multi-Arch", "same")]),
+            installed("libc6", "2.36-9+deb12u1", &[("Multi-Arch", "same")]),
+        ];
+        let requests = [request("libssl3", "3.0.11-1~deb12u2")];
+        let plan = resolve(&installed, &requests, &index, &options()).unwrap();
+        let libssl = plan.installs.iter().find(|i| i.name == "libssl3").unwrap();
+        assert_eq!(libssl.new_version(), &newest.version);
+        assert!(libssl.candidate.deb_url().unwrap().as_str().ends_with(".deb"));
+    }
 }

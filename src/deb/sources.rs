@@ -406,7 +406,7 @@ fn parse_deb822(name: &str, text: &str) -> Result<Vec<AptSource>, SourcesError> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
