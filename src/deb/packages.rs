@@ -95,7 +95,10 @@ fn compare_part(a: &str, b: &str) -> std::cmp::Ordering {
         let digits_b = b.iter().take_while(|c| c.is_ascii_digit()).count();
         let number_a = trim_zeros(&a[..digits_a]);
         let number_b = trim_zeros(&b[..digits_b]);
-        let ordering = number_a.len().cmp(&number_b.len()).then(number_a.cmp(number_b));
+        let ordering = number_a
+            .len()
+            .cmp(&number_b.len())
+            .then(number_a.cmp(number_b));
         if ordering.is_ne() {
             return ordering;
         }
@@ -137,7 +140,7 @@ impl Op {
         }
     }
 
-    /// Tells whether `version` stands in this relation to `reference`.
+    /// Tells whether `version` is in this relation to `reference`.
     pub fn matches(self, version: &Version, reference: &Version) -> bool {
         let ordering = compare_versions(version, reference);
         match self {
@@ -244,7 +247,10 @@ fn relation_error(text: &str, reason: &str) -> PackagesError {
     }
 }
 
-fn parse_alternative(text: &str, host_arch: Option<&str>) -> Result<Option<Relation>, PackagesError> {
+fn parse_alternative(
+    text: &str,
+    host_arch: Option<&str>,
+) -> Result<Option<Relation>, PackagesError> {
     let mut rest = text.trim();
 
     // Build profiles always come last: cut at the first `<` outside the version constraint.
@@ -290,7 +296,10 @@ fn parse_alternative(text: &str, host_arch: Option<&str>) -> Result<Option<Relat
         return Err(relation_error(text, "missing package name"));
     }
     if rest.contains(char::is_whitespace) {
-        return Err(relation_error(text, "unexpected text after the package name"));
+        return Err(relation_error(
+            text,
+            "unexpected text after the package name",
+        ));
     }
     let (name, arch) = match rest.split_once(':') {
         Some((name, arch)) => (name.to_owned(), Some(arch.to_owned())),
@@ -351,8 +360,8 @@ impl FromStr for MultiArch {
 
 /// One binary package stanza of a `Packages` index.
 ///
-/// Relationship fields are kept as the raw field text; the `*_relations` methods parse
-/// them when the resolver needs them, which keeps a full suite's index small in memory.
+/// Relationship fields are kept as the raw field text, which keeps a full suite's index
+/// small in memory. The `*_relations` methods parse them when the resolver needs them.
 #[derive(Debug, Clone)]
 pub struct PackageEntry {
     pub package: String,
@@ -577,7 +586,9 @@ impl<R: BufRead> PackagesReader<R> {
             .map_err(|_| invalid(format!("package {package}: invalid Size {size_text:?}")))?;
         let sha256 = fields.sha256.ok_or_else(|| missing("SHA256"))?;
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid(format!("package {package}: invalid SHA256 {sha256:?}")));
+            return Err(invalid(format!(
+                "package {package}: invalid SHA256 {sha256:?}"
+            )));
         }
         Ok(PackageEntry {
             architecture: fields.architecture.ok_or_else(|| missing("Architecture"))?,
@@ -761,22 +772,32 @@ mod tests {
         for child in children {
             let output = child.wait_with_output().unwrap();
             assert!(output.status.success());
-            verdicts.extend(String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned));
+            verdicts.extend(
+                String::from_utf8(output.stdout)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned),
+            );
         }
         assert_eq!(verdicts.len(), pairs.len());
 
         let mut mismatches = Vec::new();
         for ((a, b), dpkg) in pairs.iter().zip(&verdicts) {
-            let ours = match compare_versions(&parse_version(a).unwrap(), &parse_version(b).unwrap()) {
-                std::cmp::Ordering::Less => "<",
-                std::cmp::Ordering::Equal => "=",
-                std::cmp::Ordering::Greater => ">",
-            };
+            let ours =
+                match compare_versions(&parse_version(a).unwrap(), &parse_version(b).unwrap()) {
+                    std::cmp::Ordering::Less => "<",
+                    std::cmp::Ordering::Equal => "=",
+                    std::cmp::Ordering::Greater => ">",
+                };
             if ours != dpkg {
                 mismatches.push(format!("{a} {dpkg} {b} but ours {ours}"));
             }
         }
-        assert!(mismatches.is_empty(), "{} mismatches: {mismatches:#?}", mismatches.len());
+        assert!(
+            mismatches.is_empty(),
+            "{} mismatches: {mismatches:#?}",
+            mismatches.len()
+        );
     }
 
     #[test]
@@ -791,9 +812,11 @@ mod tests {
 
     #[test]
     fn relations_parse_alternatives_and_constraints() {
-        let groups =
-            parse_relations("libc-bin (>> 2.36), debconf (>= 0.5) | debconf-2.0, perl:any", None)
-                .unwrap();
+        let groups = parse_relations(
+            "libc-bin (>> 2.36), debconf (>= 0.5) | debconf-2.0, perl:any",
+            None,
+        )
+        .unwrap();
         assert_eq!(groups.len(), 3);
         assert_eq!(groups[0][0].name, "libc-bin");
         assert_eq!(groups[0][0].constraint.as_ref().unwrap().0, Op::Gt);
@@ -847,7 +870,11 @@ mod tests {
         assert_eq!(libssl.source_version, libssl.version);
         assert_eq!(libssl.multi_arch, MultiArch::Same);
         assert_eq!(libssl.architecture, "amd64");
-        assert!(libssl.filename.starts_with("pool/updates/main/o/openssl/libssl3_"));
+        assert!(
+            libssl
+                .filename
+                .starts_with("pool/updates/main/o/openssl/libssl3_")
+        );
         assert_eq!(libssl.sha256.len(), 64);
         assert!(libssl.size > 0);
         assert_eq!(libssl.depends_relations().unwrap()[0][0].name, "libc6");
@@ -862,7 +889,10 @@ mod tests {
         let provides = apache.provides_relations().unwrap();
         assert_eq!(provides.len(), 2);
         assert_eq!(provides[0].name, "httpd");
-        assert_eq!(apache.pre_depends_relations().unwrap()[0][0].name, "init-system-helpers");
+        assert_eq!(
+            apache.pre_depends_relations().unwrap()[0][0].name,
+            "init-system-helpers"
+        );
 
         let libc = entries.iter().find(|e| e.package == "libc6").unwrap();
         assert!(libc.breaks_relations().unwrap().len() > 20);
@@ -881,7 +911,11 @@ mod tests {
         encoder.write_all(&plain).unwrap();
         encoder.finish().unwrap();
 
-        for (name, data) in [("Packages.xz", &xz), ("Packages.gz", &gz), ("Packages", &plain)] {
+        for (name, data) in [
+            ("Packages.xz", &xz),
+            ("Packages.gz", &gz),
+            ("Packages", &plain),
+        ] {
             let reader = PackagesReader::new(decompress(name, data.as_slice()), name);
             let entries: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
             assert_eq!(entries.len(), 11, "{name}");

@@ -1,8 +1,8 @@
 //! Signed `InRelease` files and the OpenPGP keyrings that verify them.
 //!
-//! apt 2.6 accepts a Release file when at least one signature verifies against a trusted
-//! key and no signature from a trusted key is bad; the signing key may be a primary key or
-//! a signing subkey bound to it. Only the text inside the signed block is parsed, so text
+//! Like apt 2.6, this accepts a Release file when at least one signature verifies against a
+//! trusted key and no signature from a trusted key is bad. The signing key may be a primary
+//! key or a signing subkey bound to it. Only the text inside the signed block is parsed, so text
 //! around the cleartext block cannot inject fields.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::io::Cursor;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey, DetachedSignature};
+use pgp::composed::{CleartextSignedMessage, Deserializable, DetachedSignature, SignedPublicKey};
 use pgp::packet::{Signature, SignatureType};
 use pgp::types::KeyDetails;
 
@@ -95,13 +95,17 @@ impl Keyring {
                 }
                 match SignedPublicKey::from_armor_many(Cursor::new(block.trim_start().as_bytes())) {
                     Ok((keys, _)) => self.collect(name, keys),
-                    Err(error) => tracing::debug!(keyring = name, %error, "skipped an armored block"),
+                    Err(error) => {
+                        tracing::debug!(keyring = name, %error, "skipped an armored block")
+                    }
                 }
             }
         } else {
             match SignedPublicKey::from_bytes_many(Cursor::new(data)) {
                 Ok(keys) => self.collect(name, keys),
-                Err(error) => tracing::debug!(keyring = name, %error, "skipped an unreadable keyring"),
+                Err(error) => {
+                    tracing::debug!(keyring = name, %error, "skipped an unreadable keyring")
+                }
             }
         }
         let added = self.keys.len() - before;
@@ -109,7 +113,11 @@ impl Keyring {
         added
     }
 
-    fn collect(&mut self, name: &str, keys: impl Iterator<Item = pgp::errors::Result<SignedPublicKey>>) {
+    fn collect(
+        &mut self,
+        name: &str,
+        keys: impl Iterator<Item = pgp::errors::Result<SignedPublicKey>>,
+    ) {
         for key in keys {
             match key {
                 Ok(key) => self.keys.push(key),
@@ -132,7 +140,7 @@ impl Keyring {
         self.keys.is_empty()
     }
 
-    /// The names of the keyring files loaded, for messages.
+    /// Returns the names of the keyring files loaded, for messages.
     pub fn names(&self) -> &[String] {
         &self.names
     }
@@ -174,12 +182,13 @@ pub fn verify_inrelease(
     url: &str,
 ) -> Result<Release, ReleaseError> {
     let text = String::from_utf8_lossy(data);
-    let (message, _) = CleartextSignedMessage::from_string(text.trim_start()).map_err(|source| {
-        ReleaseError::Armor {
-            url: url.to_owned(),
-            source,
-        }
-    })?;
+    let (message, _) =
+        CleartextSignedMessage::from_string(text.trim_start()).map_err(|source| {
+            ReleaseError::Armor {
+                url: url.to_owned(),
+                source,
+            }
+        })?;
     let signed_text = message.signed_text();
     check_signatures(message.signatures(), signed_text.as_bytes(), keyring, url)?;
     // The signed text uses CRLF line endings, as OpenPGP hashes it.
@@ -218,7 +227,12 @@ fn issuer_ids(signature: &Signature) -> Vec<String> {
         .iter()
         .map(|f| format!("{f:X}"))
         .collect();
-    ids.extend(signature.issuer_key_id().iter().map(|k| hex::encode_upper(k.as_ref())));
+    ids.extend(
+        signature
+            .issuer_key_id()
+            .iter()
+            .map(|k| hex::encode_upper(k.as_ref())),
+    );
     ids
 }
 
@@ -322,7 +336,9 @@ fn check_signature(signature: &Signature, data: &[u8], keyring: &Keyring) -> Ver
 fn subkey_can_sign(key: &SignedPublicKey, subkey: &pgp::composed::SignedPublicSubKey) -> bool {
     let revoked = subkey.signatures.iter().any(|sig| {
         sig.typ() == Some(SignatureType::SubkeyRevocation)
-            && sig.verify_subkey_binding(&key.primary_key, &subkey.key).is_ok()
+            && sig
+                .verify_subkey_binding(&key.primary_key, &subkey.key)
+                .is_ok()
     });
     if revoked {
         return false;
@@ -330,10 +346,13 @@ fn subkey_can_sign(key: &SignedPublicKey, subkey: &pgp::composed::SignedPublicSu
     subkey.signatures.iter().any(|sig| {
         sig.typ() == Some(SignatureType::SubkeyBinding)
             && sig.key_flags().sign()
-            && sig.verify_subkey_binding(&key.primary_key, &subkey.key).is_ok()
             && sig
-                .embedded_signature()
-                .is_some_and(|back| back.verify_primary_key_binding(&subkey.key, &key.primary_key).is_ok())
+                .verify_subkey_binding(&key.primary_key, &subkey.key)
+                .is_ok()
+            && sig.embedded_signature().is_some_and(|back| {
+                back.verify_primary_key_binding(&subkey.key, &key.primary_key)
+                    .is_ok()
+            })
     })
 }
 
@@ -473,8 +492,10 @@ mod tests {
 
     use super::*;
 
-    const INRELEASE: &str =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/apt/bookworm-security-InRelease");
+    const INRELEASE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/apt/bookworm-security-InRelease"
+    );
     const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
     fn debian_keyring() -> Keyring {
@@ -485,7 +506,7 @@ mod tests {
         fs_err::read(INRELEASE).unwrap()
     }
 
-    /// A time inside the stored file's validity: one hour after its `Date`.
+    /// Returns a time inside the stored file's validity: one hour after its `Date`.
     fn valid_now(data: &[u8]) -> DateTime<Utc> {
         let text = String::from_utf8_lossy(data);
         let line = text.lines().find(|l| l.starts_with("Date: ")).unwrap();
@@ -532,8 +553,8 @@ mod tests {
             .valid_until
             .unwrap();
         let later = valid_until + chrono::Duration::seconds(1);
-        let error = verify_inrelease(&data, &keyring, later, "http://m.invalid/InRelease")
-            .unwrap_err();
+        let error =
+            verify_inrelease(&data, &keyring, later, "http://m.invalid/InRelease").unwrap_err();
         assert!(matches!(error, ReleaseError::Expired { .. }), "{error}");
         let message = error.to_string();
         assert!(message.contains(&valid_until.to_string()), "{message}");
@@ -551,7 +572,10 @@ mod tests {
         assert!(!gpgv_accepts(&path));
         let error =
             verify_inrelease(&data, &debian_keyring(), valid_now(&inrelease()), "u").unwrap_err();
-        assert!(matches!(error, ReleaseError::BadSignature { .. }), "{error}");
+        assert!(
+            matches!(error, ReleaseError::BadSignature { .. }),
+            "{error}"
+        );
     }
 
     #[test]
@@ -560,8 +584,14 @@ mod tests {
         let empty = Keyring::from_bytes("/tmp/empty.gpg", b"");
         let error = verify_inrelease(&data, &empty, valid_now(&data), "u").unwrap_err();
         let message = error.to_string();
-        assert!(matches!(error, ReleaseError::NoKnownKey { .. }), "{message}");
-        assert!(message.contains("B0CAB9266E8C3929798B3EEEBDE6D2B9216EC7A8"), "{message}");
+        assert!(
+            matches!(error, ReleaseError::NoKnownKey { .. }),
+            "{message}"
+        );
+        assert!(
+            message.contains("B0CAB9266E8C3929798B3EEEBDE6D2B9216EC7A8"),
+            "{message}"
+        );
         assert!(message.contains("/tmp/empty.gpg"), "{message}");
         assert!(message.contains("--keyring"), "{message}");
     }

@@ -64,24 +64,32 @@ pub enum RepoError {
         #[source]
         source: PackagesError,
     },
-    #[error(
-        "download of {package} {version} from {url} failed verification: {reason} \
-         (expected {expected_size} bytes with SHA-256 {expected_sha256}, \
-         got {actual_size} bytes with SHA-256 {actual_sha256})"
-    )]
-    DebMismatch {
-        package: String,
-        version: String,
-        url: String,
-        reason: &'static str,
-        expected_size: u64,
-        expected_sha256: String,
-        actual_size: u64,
-        actual_sha256: String,
-    },
+    #[error(transparent)]
+    DebMismatch(Box<DebMismatch>),
     #[error("invalid mirror rewrite {value:?}: expected FROM=TO")]
     Mirror { value: String },
 }
+
+/// A downloaded .deb that does not match its index entry.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "download of {package} {version} from {url} failed verification: {reason} \
+     (expected {expected_size} bytes with SHA-256 {expected_sha256}, \
+     got {actual_size} bytes with SHA-256 {actual_sha256})"
+)]
+pub struct DebMismatch {
+    pub package: String,
+    pub version: String,
+    pub url: String,
+    pub reason: &'static str,
+    pub expected_size: u64,
+    pub expected_sha256: String,
+    pub actual_size: u64,
+    pub actual_sha256: String,
+}
+
+/// A version constraint on a virtual package, from `Provides: name (= version)`.
+pub type ProvidedVersion = Option<(Op, Version)>;
 
 /// A `--repo-mirror FROM=TO` rule: URLs starting with `from` are fetched from `to` instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,10 +184,13 @@ impl Fetcher {
         let Some(response) = self.send(&url).await? else {
             return Ok(None);
         };
-        let body = response.bytes().await.map_err(|source| RepoError::Request {
-            url: url.to_string(),
-            source,
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| RepoError::Request {
+                url: url.to_string(),
+                source,
+            })?;
         Ok(Some(body))
     }
 
@@ -212,7 +223,8 @@ impl Fetcher {
                     (error, retryable)
                 }
                 Err(source) => {
-                    let retryable = source.is_connect() || source.is_timeout() || source.is_request();
+                    let retryable =
+                        source.is_connect() || source.is_timeout() || source.is_request();
                     let error = RepoError::Request {
                         url: url.to_string(),
                         source,
@@ -263,7 +275,10 @@ pub fn load_keyring(
     let mut keyring = Keyring::new();
     match &source.signed_by {
         SignedBy::Inline(text) => {
-            keyring.add_bytes(&format!("{} (inline Signed-By)", source.origin), text.as_bytes());
+            keyring.add_bytes(
+                &format!("{} (inline Signed-By)", source.origin),
+                text.as_bytes(),
+            );
         }
         SignedBy::Files(paths) => {
             for path in paths {
@@ -277,11 +292,15 @@ pub fn load_keyring(
         SignedBy::Default => {
             let mut paths = vec![PathBuf::from("/etc/apt/trusted.gpg")];
             for dir in DEFAULT_KEYRING_DIRS {
-                let mut entries = files.list(Path::new(dir)).map_err(|e| read_error(Path::new(dir), e))?;
+                let mut entries = files
+                    .list(Path::new(dir))
+                    .map_err(|e| read_error(Path::new(dir), e))?;
                 entries.sort();
-                paths.extend(entries.into_iter().filter(|p| {
-                    p.extension().is_some_and(|e| e == "gpg" || e == "asc")
-                }));
+                paths.extend(
+                    entries
+                        .into_iter()
+                        .filter(|p| p.extension().is_some_and(|e| e == "gpg" || e == "asc")),
+                );
             }
             for path in paths {
                 if let Some(data) = files.read(&path).map_err(|e| read_error(&path, e))? {
@@ -325,7 +344,7 @@ pub struct RepoIndex {
     candidates: Vec<Arc<Candidate>>,
     by_name: HashMap<String, Vec<usize>>,
     /// Virtual package name -> (candidate, provided version constraint).
-    provides: HashMap<String, Vec<(usize, Option<(Op, Version)>)>>,
+    provides: HashMap<String, Vec<(usize, ProvidedVersion)>>,
 }
 
 impl RepoIndex {
@@ -386,7 +405,7 @@ impl RepoIndex {
 
     /// Returns the packages that provide the virtual package `name`, with the provided
     /// version constraint (`Provides: name (= version)`), if any.
-    pub fn providers(&self, name: &str) -> Vec<(Arc<Candidate>, Option<(Op, Version)>)> {
+    pub fn providers(&self, name: &str) -> Vec<(Arc<Candidate>, ProvidedVersion)> {
         self.provides
             .get(name)
             .into_iter()
@@ -455,7 +474,10 @@ async fn fetch_release(
             url: inrelease_url.to_string(),
         })?;
     if source.trusted {
-        return Ok((release::parse_release(&String::from_utf8_lossy(&data), &url)?, dist));
+        return Ok((
+            release::parse_release(&String::from_utf8_lossy(&data), &url)?,
+            dist,
+        ));
     }
     let signature_url = join("Release.gpg")?;
     let signature = fetcher
@@ -650,15 +672,23 @@ pub async fn download_deb(
     if url.scheme() == "file" {
         let path = file_path(&url)?;
         let data = fs_err::read(&path).map_err(|e| io_error(&path, e))?;
-        too_large = !write_chunk(&data, temp.as_file_mut()).map_err(|e| io_error(temp.path(), e))?;
+        too_large =
+            !write_chunk(&data, temp.as_file_mut()).map_err(|e| io_error(temp.path(), e))?;
     } else {
-        let mut response = fetcher.send(&url).await?.ok_or_else(|| RepoError::NotFound {
-            url: url.to_string(),
-        })?;
-        while let Some(chunk) = response.chunk().await.map_err(|source| RepoError::Request {
-            url: url.to_string(),
-            source,
-        })? {
+        let mut response = fetcher
+            .send(&url)
+            .await?
+            .ok_or_else(|| RepoError::NotFound {
+                url: url.to_string(),
+            })?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|source| RepoError::Request {
+                url: url.to_string(),
+                source,
+            })?
+        {
             if !write_chunk(&chunk, temp.as_file_mut()).map_err(|e| io_error(temp.path(), e))? {
                 too_large = true;
                 break;
@@ -677,7 +707,7 @@ pub async fn download_deb(
         None
     };
     if let Some(reason) = reason {
-        return Err(RepoError::DebMismatch {
+        return Err(RepoError::DebMismatch(Box::new(DebMismatch {
             package: entry.package.clone(),
             version: entry.version.to_string(),
             url: url.to_string(),
@@ -686,7 +716,7 @@ pub async fn download_deb(
             expected_sha256: entry.sha256.clone(),
             actual_size: written,
             actual_sha256: actual,
-        });
+        })));
     }
 
     let file_name = entry
@@ -695,7 +725,12 @@ pub async fn download_deb(
         .next()
         .filter(|name| !name.is_empty() && *name != "..")
         .map_or_else(
-            || format!("{}_{}_{}.deb", entry.package, entry.version, entry.architecture),
+            || {
+                format!(
+                    "{}_{}_{}.deb",
+                    entry.package, entry.version, entry.architecture
+                )
+            },
             str::to_owned,
         );
     let destination = dest_dir.join(file_name);
@@ -765,7 +800,9 @@ mod tests {
         fs_err::create_dir_all(root.join("pool")).unwrap();
         fs_err::write(root.join("pool/hello_1.0-1_amd64.deb"), deb).unwrap();
         let line = format!("deb [trusted=yes] file://{} stable main", root.display());
-        super::super::sources::parse_source_line(&line, "test").unwrap().remove(0)
+        super::super::sources::parse_source_line(&line, "test")
+            .unwrap()
+            .remove(0)
     }
 
     #[tokio::test]
@@ -774,9 +811,16 @@ mod tests {
         let source = local_repo(dir.path(), b"not really a deb");
         let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
         let files = HostFiles(PathBuf::from("/nonexistent"));
-        let index = load_index(&fetcher, &[source], "amd64", &files, &Keyring::new(), Utc::now())
-            .await
-            .unwrap();
+        let index = load_index(
+            &fetcher,
+            &[source],
+            "amd64",
+            &files,
+            &Keyring::new(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
         assert_eq!(index.len(), 12);
         assert_eq!(index.candidates("libssl3", "amd64").len(), 1);
         assert!(index.candidates("libssl3", "arm64").is_empty());
@@ -796,9 +840,16 @@ mod tests {
         fs_err::write(dir.path().join("pool/hello_1.0-1_amd64.deb"), b"tampered").unwrap();
         let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
         let files = HostFiles(PathBuf::from("/nonexistent"));
-        let index = load_index(&fetcher, &[source], "amd64", &files, &Keyring::new(), Utc::now())
-            .await
-            .unwrap();
+        let index = load_index(
+            &fetcher,
+            &[source],
+            "amd64",
+            &files,
+            &Keyring::new(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
         let out = tempfile::tempdir().unwrap();
         let error = download_deb(&fetcher, &index.candidates("hello", "amd64")[0], out.path())
             .await
@@ -816,21 +867,38 @@ mod tests {
         source.trusted = false;
         let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
         let files = HostFiles(PathBuf::from("/nonexistent"));
-        let error = load_index(&fetcher, &[source], "amd64", &files, &Keyring::new(), Utc::now())
-            .await
-            .unwrap_err();
-        assert!(error.to_string().contains("Release.gpg not found"), "{error}");
+        let error = load_index(
+            &fetcher,
+            &[source],
+            "amd64",
+            &files,
+            &Keyring::new(),
+            Utc::now(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("Release.gpg not found"),
+            "{error}"
+        );
     }
 
     #[test]
     fn mirror_rewrite_replaces_prefix() {
         let options = FetchOptions {
-            mirrors: vec!["http://a.invalid/debian/=http://127.0.0.1:9/mirror/".parse().unwrap()],
+            mirrors: vec![
+                "http://a.invalid/debian/=http://127.0.0.1:9/mirror/"
+                    .parse()
+                    .unwrap(),
+            ],
             ..FetchOptions::default()
         };
         let fetcher = Fetcher::new(options).unwrap();
         let url = Url::parse("http://a.invalid/debian/dists/x/InRelease").unwrap();
-        assert_eq!(fetcher.rewrite(&url).as_str(), "http://127.0.0.1:9/mirror/dists/x/InRelease");
+        assert_eq!(
+            fetcher.rewrite(&url).as_str(),
+            "http://127.0.0.1:9/mirror/dists/x/InRelease"
+        );
         let other = Url::parse("http://b.invalid/debian/x").unwrap();
         assert_eq!(fetcher.rewrite(&other), other);
         assert!("nothing".parse::<MirrorRewrite>().is_err());

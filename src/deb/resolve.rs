@@ -2,10 +2,13 @@
 //! dpkg database stays consistent.
 //!
 //! The resolver simulates the installed set after the update and repeats four checks
-//! until nothing changes: every Depends and Pre-Depends of a changed package is
-//! satisfied, no package Breaks another, installed packages whose dependencies the update
-//! broke are updated too, and `Multi-Arch: same` packages keep one version across
-//! architectures. It only upgrades or adds packages; it never removes one.
+//! until nothing changes. Every Depends and Pre-Depends of a changed package must be
+//! satisfied, and no package may Break another. Installed packages whose dependencies the
+//! update broke are updated too. `Multi-Arch: same` packages keep one version across
+//! architectures. The resolver only upgrades or adds packages and never removes one.
+//!
+//! NOTE: it repairs one inconsistency at a time and takes the first alternative that has
+//! a candidate, without backtracking, so some solvable conflicts end in an error.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -56,20 +59,28 @@ pub struct ResolveOptions {
     pub ignore_errors: bool,
 }
 
-/// Why a package is in the plan.
+/// The cause that put a package in the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
     Requested,
     /// A new version of `of` depends on this version.
-    Dependency { of: String },
+    Dependency {
+        of: String,
+    },
     /// A new version of `by` breaks the installed version, or the installed version
     /// breaks the new version of `by`.
-    Breaks { by: String },
+    Breaks {
+        by: String,
+    },
     /// The installed version depends on the old version of `of`, such as an `=` pin
     /// between binary packages of one source.
-    ReverseDependency { of: String },
+    ReverseDependency {
+        of: String,
+    },
     /// `Multi-Arch: same` instances must share one version with `of`.
-    MultiArchSame { of: String },
+    MultiArchSame {
+        of: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -105,7 +116,7 @@ impl PlannedInstall {
     }
 }
 
-/// Why a request needs no change.
+/// The cause that makes a request need no change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkipReason {
     /// The installed version already meets the request.
@@ -151,23 +162,19 @@ pub enum ResolveError {
         version: Version,
         dependency: String,
     },
-    #[error(
-        "{package} {version} conflicts with {other} {other_version} and no available version \
-         of {other} resolves it ({relation})"
-    )]
+    /// `package` and `other` include their versions.
+    #[error("{package} conflicts with {other} ({relation}) and no available version resolves it")]
     Conflict {
         package: String,
-        version: Version,
         other: String,
-        other_version: Version,
         relation: String,
     },
     #[error("{package} is on hold but must change for {by}\nhint: release the hold in the image")]
     Held { package: String, by: String },
-    #[error("invalid relationship field of {package} {version}")]
+    /// `package` includes its version.
+    #[error("invalid relationship field of {package}")]
     Relation {
         package: String,
-        version: Version,
         #[source]
         source: PackagesError,
     },
@@ -386,7 +393,7 @@ impl<'a> Resolver<'a> {
         resolver
     }
 
-    /// The architecture used to look a node up in the index.
+    /// Returns the architecture to look `arch` up in the index: `all` maps to the native one.
     fn lookup_arch(&self, arch: &str) -> String {
         if arch == "all" {
             self.native.clone()
@@ -435,7 +442,11 @@ impl<'a> Resolver<'a> {
             })),
             None => Err(ResolveError::NoFixedVersion {
                 package: node.label(),
-                wanted: request.fixed.as_ref().map(Version::to_string).unwrap_or_default(),
+                wanted: request
+                    .fixed
+                    .as_ref()
+                    .map(Version::to_string)
+                    .unwrap_or_default(),
                 newest: candidates.first().map(|c| c.entry.version.clone()),
             }),
         }
@@ -450,8 +461,7 @@ impl<'a> Resolver<'a> {
     ) -> Result<(), ResolveError> {
         let entry = &candidate.entry;
         let relation_error = |source| ResolveError::Relation {
-            package: entry.package.clone(),
-            version: entry.version.clone(),
+            package: format!("{} {}", entry.package, entry.version),
             source,
         };
         let planned = Planned {
@@ -547,7 +557,8 @@ impl<'a> Resolver<'a> {
                 if other_index == node_index || !other.present() || other.name == node.name {
                     continue;
                 }
-                let by_name = other.name == relation.name && relation.matches_version(other.version());
+                let by_name =
+                    other.name == relation.name && relation.matches_version(other.version());
                 let by_provides = relation.constraint.is_none()
                     && other.provides().iter().any(|p| p.name == relation.name);
                 if by_name || by_provides {
@@ -588,7 +599,11 @@ impl<'a> Resolver<'a> {
         let node = &self.nodes[node_index];
         for group in self.unsatisfied_groups(node_index) {
             let text = format_relations(std::slice::from_ref(&group));
-            if self.baseline_unsatisfied.contains(&(node_index, text.clone())) && node.planned.is_none() {
+            if self
+                .baseline_unsatisfied
+                .contains(&(node_index, text.clone()))
+                && node.planned.is_none()
+            {
                 continue;
             }
             if node.planned.is_some() {
@@ -639,7 +654,9 @@ impl<'a> Resolver<'a> {
     /// Plans an update of an installed package or a new package for an unmet group.
     fn repair_dependency(&self, node_index: usize, group: &[Relation], root: String) -> Step {
         let node = &self.nodes[node_index];
-        let reason = Reason::Dependency { of: node.name.clone() };
+        let reason = Reason::Dependency {
+            of: node.name.clone(),
+        };
         for relation in group {
             let existing: Vec<usize> = (0..self.nodes.len())
                 .filter(|&i| {
@@ -780,10 +797,8 @@ impl<'a> Resolver<'a> {
             let node = &self.nodes[node_index];
             let other = &self.nodes[other_index];
             let conflict = || ResolveError::Conflict {
-                package: node.label(),
-                version: node.version().clone(),
-                other: other.label(),
-                other_version: other.version().clone(),
+                package: format!("{} {}", node.label(), node.version()),
+                other: format!("{} {}", other.label(), other.version()),
                 relation: format!("Breaks: {relation}"),
             };
             // The side that did not change is the one to update.
@@ -791,24 +806,32 @@ impl<'a> Resolver<'a> {
                 let root = self.root_of(node_index).unwrap_or_default();
                 return Some(self.upgrade_or_fail(
                     other_index,
-                    Reason::Breaks { by: node.name.clone() },
+                    Reason::Breaks {
+                        by: node.name.clone(),
+                    },
                     root,
-                    |_, c| !(c.entry.package == relation.name && relation.matches_version(&c.entry.version)),
+                    |_, c| {
+                        !(c.entry.package == relation.name
+                            && relation.matches_version(&c.entry.version))
+                    },
                     conflict,
                 ));
             }
             let root = self.root_of(other_index).unwrap_or_default();
             return Some(self.upgrade_or_fail(
                 node_index,
-                Reason::Breaks { by: other.name.clone() },
+                Reason::Breaks {
+                    by: other.name.clone(),
+                },
                 root,
                 |_, c| {
                     c.entry
                         .breaks_relations()
                         .map(|groups| {
-                            !groups.iter().flatten().any(|r| {
-                                r.name == other.name && r.matches_version(other.version())
-                            })
+                            !groups
+                                .iter()
+                                .flatten()
+                                .any(|r| r.name == other.name && r.matches_version(other.version()))
                         })
                         .unwrap_or(false)
                 },
@@ -871,7 +894,8 @@ impl<'a> Resolver<'a> {
         }
 
         let key = |i: usize| (self.nodes[i].name.clone(), self.nodes[i].arch.clone(), i);
-        let mut remaining: BTreeSet<(String, String, usize)> = planned.iter().map(|&i| key(i)).collect();
+        let mut remaining: BTreeSet<(String, String, usize)> =
+            planned.iter().map(|&i| key(i)).collect();
         let mut order = Vec::new();
         while !remaining.is_empty() {
             let ready = remaining
@@ -944,7 +968,10 @@ mod tests {
 
     fn installed(name: &str, ver: &str, fields: &[(&str, &str)]) -> InstalledPackage {
         let field = |key: &str| {
-            let text = fields.iter().find(|(k, _)| *k == key).map_or("", |(_, v)| v);
+            let text = fields
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or("", |(_, v)| v);
             parse_relations(text, None).unwrap()
         };
         InstalledPackage {
@@ -996,7 +1023,13 @@ mod tests {
     fn already_fixed_is_skipped() {
         let installed = [installed("openssl", "3.0.22-1~deb12u2", &[])];
         let index = index(&["Package: openssl\nVersion: 3.0.22-1~deb12u2\nArchitecture: amd64"]);
-        let plan = resolve(&installed, &[request("openssl", "3.0.20-1")], &index, &options()).unwrap();
+        let plan = resolve(
+            &installed,
+            &[request("openssl", "3.0.20-1")],
+            &index,
+            &options(),
+        )
+        .unwrap();
         assert!(plan.installs.is_empty());
         assert_eq!(
             plan.skipped[0].reason,
@@ -1042,7 +1075,11 @@ mod tests {
                 &[("Pre-Depends", "libpam-modules-bin (= 1.5.2-6+deb12u1)")],
             ),
             installed("libpam-modules-bin", old, &[]),
-            installed("login", "1:4.13+dfsg1-1", &[("Pre-Depends", "libpam-modules")]),
+            installed(
+                "login",
+                "1:4.13+dfsg1-1",
+                &[("Pre-Depends", "libpam-modules")],
+            ),
         ];
         let index = index(&[
             "Package: libpam-modules\nVersion: 1.5.2-6+deb12u2\nArchitecture: amd64\n\
@@ -1086,7 +1123,8 @@ mod tests {
     #[test]
     fn reverse_dependency_without_candidate_names_both() {
         let (installed, _) = pam_world();
-        let index = index(&["Package: libpam-modules-bin\nVersion: 1.5.2-6+deb12u2\nArchitecture: amd64"]);
+        let index =
+            index(&["Package: libpam-modules-bin\nVersion: 1.5.2-6+deb12u2\nArchitecture: amd64"]);
         let requests = [request("libpam-modules-bin", "1.5.2-6+deb12u2")];
         let message = resolve(&installed, &requests, &index, &options())
             .unwrap_err()
@@ -1103,12 +1141,23 @@ mod tests {
             "Package: libnew1\nVersion: 1\nArchitecture: amd64",
             "Package: libnew1\nVersion: 2.1\nArchitecture: amd64",
         ]);
-        let plan = resolve(&installed, &[request("libssh-4", "0.10.6-1")], &index, &options()).unwrap();
+        let plan = resolve(
+            &installed,
+            &[request("libssh-4", "0.10.6-1")],
+            &index,
+            &options(),
+        )
+        .unwrap();
         assert_eq!(plan.installs.len(), 2);
         let new = plan.installs.iter().find(|i| i.name == "libnew1").unwrap();
         assert!(new.is_new());
         assert_eq!(new.new_version(), &version("2.1"));
-        assert_eq!(new.reason, Reason::Dependency { of: "libssh-4".to_owned() });
+        assert_eq!(
+            new.reason,
+            Reason::Dependency {
+                of: "libssh-4".to_owned()
+            }
+        );
     }
 
     #[test]
@@ -1121,10 +1170,19 @@ mod tests {
             "Package: libc6\nVersion: 2.36-9\nArchitecture: amd64\nMulti-Arch: same\nBreaks: locales (<< 2.36)",
             "Package: locales\nVersion: 2.36-9\nArchitecture: all\nDepends: libc6 (>= 2.36)",
         ]);
-        let plan = resolve(&installed, &[request("libc6", "2.36-9")], &index, &options()).unwrap();
+        let plan = resolve(
+            &installed,
+            &[request("libc6", "2.36-9")],
+            &index,
+            &options(),
+        )
+        .unwrap();
         assert_eq!(
             summary(&plan),
-            ["libc6 2.36-9 (requested)", "locales 2.36-9 (breaks relation with libc6)"]
+            [
+                "libc6 2.36-9 (requested)",
+                "locales 2.36-9 (breaks relation with libc6)"
+            ]
         );
     }
 
@@ -1155,7 +1213,13 @@ mod tests {
             "Package: tool\nVersion: 1:1.2-1\nArchitecture: amd64",
             "Package: tool\nVersion: 1:1.1-1+deb12u1\nArchitecture: amd64",
         ]);
-        let plan = resolve(&installed, &[request("tool", "1:1.1-1")], &index, &options()).unwrap();
+        let plan = resolve(
+            &installed,
+            &[request("tool", "1:1.1-1")],
+            &index,
+            &options(),
+        )
+        .unwrap();
         assert_eq!(summary(&plan), ["tool 1:1.2-1 (requested)"]);
         let error = resolve(&installed, &[request("tool", "2:0")], &index, &options()).unwrap_err();
         assert!(error.to_string().contains("newest: 1:1.2-1"), "{error}");
@@ -1171,7 +1235,13 @@ mod tests {
             "Package: bash\nVersion: 5.2.15-2+b9\nArchitecture: amd64",
             "Package: app\nVersion: 2\nArchitecture: amd64\nDepends: bash (>= 5.2.15-2+b9)",
         ]);
-        let plan = resolve(&installed, &[request("bash", "5.2.15-2+b9")], &index, &options()).unwrap();
+        let plan = resolve(
+            &installed,
+            &[request("bash", "5.2.15-2+b9")],
+            &index,
+            &options(),
+        )
+        .unwrap();
         assert!(matches!(plan.skipped[0].reason, SkipReason::Held { .. }));
         assert!(plan.installs.is_empty());
 
@@ -1190,7 +1260,11 @@ mod tests {
     fn multi_arch_same_keeps_versions_equal() {
         let installed = [
             installed("libssl3", "3.0.1", &[("Multi-Arch", "same")]),
-            installed("libssl3", "3.0.1", &[("Multi-Arch", "same"), ("Architecture", "i386")]),
+            installed(
+                "libssl3",
+                "3.0.1",
+                &[("Multi-Arch", "same"), ("Architecture", "i386")],
+            ),
         ];
         let index = index(&[
             "Package: libssl3\nVersion: 3.0.2\nArchitecture: amd64\nMulti-Arch: same",
@@ -1246,11 +1320,22 @@ mod tests {
             .into_iter()
             .filter(|s| s.suite == "bookworm-security")
             .collect();
-        assert_eq!(sources.len(), 1, "apt config has no bookworm-security source");
+        assert_eq!(
+            sources.len(),
+            1,
+            "apt config has no bookworm-security source"
+        );
         let fetcher = Fetcher::new(FetchOptions::default()).unwrap();
-        let index = load_index(&fetcher, &sources, "amd64", &Host, &Keyring::new(), chrono::Utc::now())
-            .await
-            .unwrap();
+        let index = load_index(
+            &fetcher,
+            &sources,
+            "amd64",
+            &Host,
+            &Keyring::new(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
         assert!(index.len() > 1000, "{} packages", index.len());
 
         let newest = index.candidates("libssl3", "amd64")[0].entry.clone();
@@ -1262,6 +1347,13 @@ mod tests {
         let plan = resolve(&installed, &requests, &index, &options()).unwrap();
         let libssl = plan.installs.iter().find(|i| i.name == "libssl3").unwrap();
         assert_eq!(libssl.new_version(), &newest.version);
-        assert!(libssl.candidate.deb_url().unwrap().as_str().ends_with(".deb"));
+        assert!(
+            libssl
+                .candidate
+                .deb_url()
+                .unwrap()
+                .as_str()
+                .ends_with(".deb")
+        );
     }
 }

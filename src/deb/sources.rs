@@ -51,7 +51,7 @@ pub struct AptSource {
     pub signed_by: SignedBy,
     /// `trusted=yes`: apt accepts the repository without a valid signature.
     pub trusted: bool,
-    /// Where the entry came from, as `file:line`, for messages.
+    /// The entry's location as `file:line`, for messages.
     pub origin: String,
 }
 
@@ -110,7 +110,10 @@ where
 pub fn parse_source_line(line: &str, origin: &str) -> Result<Vec<AptSource>, SourcesError> {
     let sources = parse_line(line, origin)?;
     if sources.is_empty() {
-        return Err(invalid(origin, "expected a `deb URI SUITE [COMPONENT…]` line"));
+        return Err(invalid(
+            origin,
+            "expected a `deb URI SUITE [COMPONENT…]` line",
+        ));
     }
     Ok(sources)
 }
@@ -168,7 +171,12 @@ fn parse_line(line: &str, origin: &str) -> Result<Vec<AptSource>, SourcesError> 
     match kind {
         "deb" => {}
         "deb-src" => return Ok(Vec::new()),
-        other => return Err(invalid(origin, format!("unknown type {other:?}, expected deb"))),
+        other => {
+            return Err(invalid(
+                origin,
+                format!("unknown type {other:?}, expected deb"),
+            ));
+        }
     }
 
     let mut options = Options::default();
@@ -186,9 +194,7 @@ fn parse_line(line: &str, origin: &str) -> Result<Vec<AptSource>, SourcesError> 
     }
 
     let mut words = rest.split_whitespace();
-    let uri = words
-        .next()
-        .ok_or_else(|| invalid(origin, "missing URI"))?;
+    let uri = words.next().ok_or_else(|| invalid(origin, "missing URI"))?;
     let suite = words
         .next()
         .ok_or_else(|| invalid(origin, "missing suite"))?;
@@ -207,7 +213,12 @@ struct Options {
 
 impl Options {
     fn set(&mut self, origin: &str, key: &str, value: &str) -> Result<(), SourcesError> {
-        let list = || value.split(',').filter(|v| !v.is_empty()).map(str::to_owned);
+        let list = || {
+            value
+                .split(',')
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
         match key {
             "arch" => self.architectures = list().collect(),
             "signed-by" => self.signed_by = Some(signed_by_paths(origin, list())?),
@@ -242,7 +253,10 @@ fn parse_yes_no(origin: &str, key: &str, value: &str) -> Result<bool, SourcesErr
     match value.trim().to_ascii_lowercase().as_str() {
         "yes" | "true" | "1" => Ok(true),
         "no" | "false" | "0" => Ok(false),
-        other => Err(invalid(origin, format!("{key}: expected yes or no, found {other:?}"))),
+        other => Err(invalid(
+            origin,
+            format!("{key}: expected yes or no, found {other:?}"),
+        )),
     }
 }
 
@@ -282,7 +296,10 @@ fn build_source(
         ));
     }
     if !flat && components.is_empty() {
-        return Err(invalid(origin, format!("suite {suite:?} has no components")));
+        return Err(invalid(
+            origin,
+            format!("suite {suite:?} has no components"),
+        ));
     }
     Ok(AptSource {
         uri: parsed,
@@ -347,7 +364,10 @@ fn parse_stanzas(name: &str, text: &str) -> Result<Vec<Stanza>, SourcesError> {
             continue;
         }
         let (field, value) = line.split_once(':').ok_or_else(|| {
-            invalid(&format!("{name}:{}", index + 1), format!("line {line:?} is not a field"))
+            invalid(
+                &format!("{name}:{}", index + 1),
+                format!("line {line:?} is not a field"),
+            )
         })?;
         stanza
             .fields
@@ -398,7 +418,13 @@ fn parse_deb822(name: &str, text: &str) -> Result<Vec<AptSource>, SourcesError> 
         let components = stanza.words("Components");
         for uri in &uris {
             for suite in &suites {
-                sources.push(build_source(&origin, uri, suite, components.clone(), &options)?);
+                sources.push(build_source(
+                    &origin,
+                    uri,
+                    suite,
+                    components.clone(),
+                    &options,
+                )?);
             }
         }
     }
@@ -443,7 +469,11 @@ pub(crate) mod tests {
         let text = "deb cdrom:[Debian GNU/Linux 12]/ bookworm main\n";
         let error = parse_source_files([("etc/apt/sources.list", text)]).unwrap_err();
         assert!(matches!(error, SourcesError::Cdrom { .. }));
-        assert!(error.to_string().starts_with("etc/apt/sources.list:1: cdrom"));
+        assert!(
+            error
+                .to_string()
+                .starts_with("etc/apt/sources.list:1: cdrom")
+        );
     }
 
     #[test]
@@ -453,7 +483,10 @@ pub(crate) mod tests {
         assert!(sources[0].components.is_empty());
         assert_eq!(sources[0].dist_url().unwrap().as_str(), "file:///srv/repo/");
         let sources = parse_source_line("deb http://h.invalid/r sub/dir/", "x").unwrap();
-        assert_eq!(sources[0].dist_url().unwrap().as_str(), "http://h.invalid/r/sub/dir/");
+        assert_eq!(
+            sources[0].dist_url().unwrap().as_str(),
+            "http://h.invalid/r/sub/dir/"
+        );
     }
 
     #[test]
@@ -467,7 +500,10 @@ pub(crate) mod tests {
             "deb [signed-by=ABCDEF0123] http://h.invalid/r bookworm main",
         ] {
             let error = parse_source_line(line, "--apt-source").unwrap_err();
-            assert!(error.to_string().starts_with("--apt-source: "), "{line}: {error}");
+            assert!(
+                error.to_string().starts_with("--apt-source: "),
+                "{line}: {error}"
+            );
         }
         assert!(parse_source_line("# only a comment", "--apt-source").is_err());
     }
@@ -492,7 +528,8 @@ pub(crate) mod tests {
                     URIs: http://d.invalid/\n\
                     Suites: stable\n\
                     Components: main\n";
-        let sources = parse_source_files([("etc/apt/sources.list.d/debian.sources", text)]).unwrap();
+        let sources =
+            parse_source_files([("etc/apt/sources.list.d/debian.sources", text)]).unwrap();
         assert_eq!(sources.len(), 4);
         assert_eq!(sources[0].uri.as_str(), "http://a.invalid/debian/");
         assert_eq!(sources[1].suite, "bookworm-updates");
@@ -527,8 +564,9 @@ pub(crate) mod tests {
 
     #[test]
     fn deb822_missing_fields() {
-        let error = parse_source_files([("x.sources", "Types: deb\nSuites: a\nComponents: main\n")])
-            .unwrap_err();
+        let error =
+            parse_source_files([("x.sources", "Types: deb\nSuites: a\nComponents: main\n")])
+                .unwrap_err();
         assert_eq!(error.to_string(), "x.sources:1: missing URIs field");
         let error = parse_source_files([("x.sources", "URIs: http://h.invalid/\n")]).unwrap_err();
         assert_eq!(error.to_string(), "x.sources:1: missing Types field");
@@ -565,7 +603,10 @@ pub(crate) mod tests {
             .unwrap_or_default();
         entries.sort();
         for path in entries {
-            if path.extension().is_some_and(|e| e == "list" || e == "sources") {
+            if path
+                .extension()
+                .is_some_and(|e| e == "list" || e == "sources")
+            {
                 let bytes = fs_err::read(&path).unwrap();
                 files.push((path, bytes));
             }
