@@ -65,17 +65,16 @@ pub fn print_outcome_text(outcome: &PatchOutcome, quiet: bool) -> io::Result<()>
         for scripts in &outcome.scripts_not_run {
             let mut names = scripts.scripts.clone();
             names.extend(scripts.triggers.iter().map(|t| format!("trigger {t}")));
-            writeln!(
-                out,
-                "not run for {}: {}",
-                scripts.package,
-                names.join(", ")
-            )?;
+            writeln!(out, "not run for {}: {}", scripts.package, names.join(", "))?;
         }
     }
     match (outcome.status, &outcome.manifest_digest) {
         (PatchStatus::Patched, Some(digest)) => {
-            writeln!(out, "patched {} -> {}@{}", outcome.source, outcome.destination, digest)?;
+            writeln!(
+                out,
+                "patched {} -> {}@{}",
+                outcome.source, outcome.destination, digest
+            )?;
         }
         _ => writeln!(out, "nothing to patch in {}", outcome.source)?,
     }

@@ -31,7 +31,10 @@ impl Phase {
 pub enum Event {
     Phase(Phase),
     /// A layer of the source image was read.
-    LayerRead { digest: String, bytes: u64 },
+    LayerRead {
+        digest: String,
+        bytes: u64,
+    },
     /// A package file was downloaded and verified.
     PackageDownloaded {
         name: String,

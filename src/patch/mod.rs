@@ -7,11 +7,11 @@ mod outcome;
 mod push;
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
+use crate::deb::repo::MirrorRewrite;
 use crate::digest::Digest;
-use crate::image::{self, HistoryEntry, ImageError, PatchRecord, PatchedPackage, PATCH_LABEL};
+use crate::image::{self, HistoryEntry, ImageError, PATCH_LABEL, PatchRecord, PatchedPackage};
 use crate::osrelease::OsRelease;
 use crate::reference::{self, Reference, ReferenceError};
 use crate::registry::auth::AuthEnv;
@@ -46,42 +46,9 @@ pub struct PatchSettings {
     /// PEM files with extra CA certificates.
     pub ca_files: Vec<PathBuf>,
     /// Repository base URL replacements.
-    pub repo_mirrors: Vec<RepoMirror>,
+    pub repo_mirrors: Vec<MirrorRewrite>,
     /// Where downloads and the new layer go; `None` for a temporary directory.
     pub work_dir: Option<PathBuf>,
-}
-
-/// A `FROM=TO` replacement of a package repository's base URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepoMirror {
-    pub from: String,
-    pub to: String,
-}
-
-/// An invalid `FROM=TO` mirror argument.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid repository mirror {value:?}: expected FROM=TO, such as http://deb.example/debian=file:///srv/mirror")]
-pub struct InvalidRepoMirror {
-    pub value: String,
-}
-
-impl FromStr for RepoMirror {
-    type Err = InvalidRepoMirror;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let invalid = || InvalidRepoMirror {
-            value: value.to_owned(),
-        };
-        let (from, to) = value.split_once('=').ok_or_else(invalid)?;
-        let (from, to) = (from.trim(), to.trim());
-        if from.is_empty() || to.is_empty() || !to.contains("://") {
-            return Err(invalid());
-        }
-        Ok(RepoMirror {
-            from: from.to_owned(),
-            to: to.to_owned(),
-        })
-    }
 }
 
 /// A patch that failed; [`PatchError::is_user_error`] tells bad input from failures.
@@ -178,7 +145,10 @@ pub async fn patch(
     }
 }
 
-async fn run(settings: &PatchSettings, reporter: &dyn Reporter) -> Result<PatchOutcome, PatchError> {
+async fn run(
+    settings: &PatchSettings,
+    reporter: &dyn Reporter,
+) -> Result<PatchOutcome, PatchError> {
     let source = Reference::parse(&settings.image)?;
     let destination =
         reference::destination(&source, settings.tag.as_deref(), &settings.tag_suffix)?;
@@ -213,7 +183,6 @@ async fn run(settings: &PatchSettings, reporter: &dyn Reporter) -> Result<PatchO
     let result = debian::patch_debian(
         &debian::DebianInputs {
             rootfs: &rootfs,
-            os: &os,
             report: &report,
             settings,
             work_dir: work.path(),

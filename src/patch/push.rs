@@ -43,7 +43,15 @@ pub async fn push_image(
         .try_collect::<Vec<()>>()
         .await?;
 
-    push_file(client, destination, &layer.path, &layer.digest, layer.size, reporter).await?;
+    push_file(
+        client,
+        destination,
+        &layer.path,
+        &layer.digest,
+        layer.size,
+        reporter,
+    )
+    .await?;
 
     let config_digest = Digest::of(config);
     let config_path = work_dir.join("config.json");
