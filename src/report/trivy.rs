@@ -72,8 +72,15 @@ pub fn parse(value: &Value, path: &Path) -> Result<Report, ReportError> {
     let Value::Object(fields) = value else {
         return Err(not_trivy("the top level is not an object"));
     };
-    if !fields.contains_key("SchemaVersion") && !fields.contains_key("Results") {
-        return Err(not_trivy("it has neither `SchemaVersion` nor `Results`"));
+    // Trivy leaves `Results` out of the report of an image with nothing to list, but it
+    // always writes `ArtifactName` and `Metadata`.
+    let has_trivy_body = ["Results", "ArtifactName", "Metadata"]
+        .iter()
+        .any(|key| fields.contains_key(*key));
+    if !fields.contains_key("SchemaVersion") || !has_trivy_body {
+        return Err(not_trivy(
+            "it lacks `SchemaVersion` or all of `Results`, `ArtifactName` and `Metadata`",
+        ));
     }
     let report: TrivyReport = serde_json::from_value(value.clone())
         .map_err(|err| not_trivy(&format!("unexpected field shape: {err}")))?;
@@ -269,7 +276,15 @@ mod tests {
 
     #[test]
     fn json_without_trivy_fields_is_rejected() {
-        for text in ["[]", "{}", r#"{"matches": []}"#, "42"] {
+        let cases = [
+            "[]",
+            "{}",
+            r#"{"matches": []}"#,
+            "42",
+            r#"{"SchemaVersion": 2, "packages": []}"#,
+            r#"{"Results": []}"#,
+        ];
+        for text in cases {
             let err = parse_str(text).unwrap_err();
             assert!(matches!(err, ReportError::NotTrivy { .. }), "{text}: {err}");
             assert!(err.to_string().contains("inline.json"), "{err}");
