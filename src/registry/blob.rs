@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -27,7 +28,12 @@ pub(crate) struct CheckedStream {
     size: u64,
     received: u64,
     done: bool,
+    failure_slot: Option<FailureSlot>,
 }
+
+/// Receives a [`CheckedStream`]'s failure when the stream feeds an upload, where the
+/// HTTP client would otherwise bury the error inside its own.
+pub(crate) type FailureSlot = Arc<Mutex<Option<RegistryError>>>;
 
 impl CheckedStream {
     pub(crate) fn new(
@@ -45,12 +51,29 @@ impl CheckedStream {
             size,
             received: 0,
             done: false,
+            failure_slot: None,
         }
+    }
+
+    /// Stores the first failure in `slot` instead of inside the yielded `io::Error`.
+    pub(crate) fn with_failure_slot(mut self, slot: FailureSlot) -> Self {
+        self.failure_slot = Some(slot);
+        self
     }
 
     fn fail(&mut self, error: RegistryError) -> Poll<Option<io::Result<Bytes>>> {
         self.done = true;
-        Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, error))))
+        let Some(slot) = &self.failure_slot else {
+            return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, error))));
+        };
+        let message = error.to_string();
+        slot.lock()
+            .expect("no code panics while holding the failure slot")
+            .get_or_insert(error);
+        Poll::Ready(Some(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            message,
+        ))))
     }
 
     fn truncated(&self) -> RegistryError {

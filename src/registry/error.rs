@@ -13,7 +13,7 @@ pub enum RegistryError {
     #[error("failed to set up the registry client")]
     Setup {
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     #[error("failed to read CA file {path}")]
     CaFile {
@@ -35,7 +35,7 @@ pub enum RegistryError {
         repository: String,
         what: String,
         #[source]
-        source: Option<OciDistributionError>,
+        source: Option<Box<OciDistributionError>>,
     },
     #[error(
         "unauthorized: {registry} rejected the credentials for {repository}\n\
@@ -45,7 +45,7 @@ pub enum RegistryError {
         registry: String,
         repository: String,
         #[source]
-        source: Option<OciDistributionError>,
+        source: Option<Box<OciDistributionError>>,
     },
     #[error(
         "access denied to {registry}/{repository}\n\
@@ -56,7 +56,7 @@ pub enum RegistryError {
         repository: String,
         operation: &'static str,
         #[source]
-        source: Option<OciDistributionError>,
+        source: Option<Box<OciDistributionError>>,
     },
     #[error("digest mismatch in {registry}/{repository}: expected {expected}, got {actual}")]
     DigestMismatch {
@@ -115,7 +115,7 @@ pub enum RegistryError {
     Tls {
         registry: String,
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     #[error(
         "{registry} expects HTTPS but was contacted over plain HTTP\n\
@@ -125,7 +125,7 @@ pub enum RegistryError {
     ExpectsHttps {
         registry: String,
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     #[error(
         "failed to connect to {registry}\n\
@@ -135,13 +135,13 @@ pub enum RegistryError {
     Connection {
         registry: String,
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     #[error("request to {registry} timed out")]
     Timeout {
         registry: String,
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
     #[error("invalid manifest {reference}: {reason}")]
     InvalidManifest { reference: String, reason: String },
@@ -166,7 +166,7 @@ pub enum RegistryError {
         operation: &'static str,
         what: String,
         #[source]
-        source: OciDistributionError,
+        source: Box<OciDistributionError>,
     },
 }
 
@@ -207,7 +207,7 @@ pub(crate) fn classify(error: OciDistributionError, context: Context<'_>) -> Reg
         return RegistryError::Unauthorized {
             registry,
             repository,
-            source: Some(error),
+            source: Some(Box::new(error)),
         };
     }
     if status == Some(403) || has_code(&error, &OciErrorCode::Denied) {
@@ -215,7 +215,7 @@ pub(crate) fn classify(error: OciDistributionError, context: Context<'_>) -> Reg
             registry,
             repository,
             operation: context.operation,
-            source: Some(error),
+            source: Some(Box::new(error)),
         };
     }
     let unknown = [
@@ -232,7 +232,7 @@ pub(crate) fn classify(error: OciDistributionError, context: Context<'_>) -> Reg
             registry,
             repository,
             what: context.what,
-            source: Some(error),
+            source: Some(Box::new(error)),
         };
     }
     if let OciDistributionError::ServerError {
@@ -242,26 +242,26 @@ pub(crate) fn classify(error: OciDistributionError, context: Context<'_>) -> Reg
     {
         return RegistryError::ExpectsHttps {
             registry,
-            source: error,
+            source: Box::new(error),
         };
     }
     if let OciDistributionError::RequestError(request) = &error {
         if request.is_timeout() {
             return RegistryError::Timeout {
                 registry,
-                source: error,
+                source: Box::new(error),
             };
         }
         if has_rustls_source(request) {
             return RegistryError::Tls {
                 registry,
-                source: error,
+                source: Box::new(error),
             };
         }
         if request.is_connect() {
             return RegistryError::Connection {
                 registry,
-                source: error,
+                source: Box::new(error),
             };
         }
     }
@@ -270,7 +270,7 @@ pub(crate) fn classify(error: OciDistributionError, context: Context<'_>) -> Reg
         repository,
         operation: context.operation,
         what: context.what,
-        source: error,
+        source: Box::new(error),
     }
 }
 

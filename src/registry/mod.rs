@@ -34,7 +34,7 @@ pub use error::RegistryError;
 pub use platform::{InvalidPlatform, Platform};
 
 use self::auth::{AuthEnv, Credential};
-use self::blob::CheckedStream;
+use self::blob::{CheckedStream, FailureSlot};
 use self::error::{Context, classify};
 use crate::digest::Digest;
 use crate::image::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, ImageFamily, OCI_INDEX, OCI_MANIFEST};
@@ -97,14 +97,14 @@ pub struct ResolvedImage {
     pub platform: Option<Platform>,
 }
 
-/// What [`RegistryClient::push_blob_file`] did.
+/// Outcome of [`RegistryClient::push_blob_file`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlobPush {
     AlreadyPresent,
     Uploaded,
 }
 
-/// What [`RegistryClient::copy_blob`] did.
+/// Outcome of [`RegistryClient::copy_blob`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlobCopy {
     AlreadyPresent,
@@ -153,8 +153,11 @@ impl RegistryClient {
             ..ClientConfig::default()
         };
         // `Client::new` falls back to a default client on errors, dropping the CA files.
-        let build =
-            |config| Client::try_from(config).map_err(|source| RegistryError::Setup { source });
+        let build = |config| {
+            Client::try_from(config).map_err(|source| RegistryError::Setup {
+                source: Box::new(source),
+            })
+        };
         Ok(RegistryClient {
             http: build(config(ClientProtocol::Http, Vec::new()))?,
             https: build(config(ClientProtocol::Https, certificates))?,
@@ -219,8 +222,8 @@ impl RegistryClient {
     ) -> Result<ResolvedImage, RegistryError> {
         let top = self.fetch_manifest(reference).await?;
         let (manifest, index, chosen) = if is_index(&top.media_type) {
-            let wanted = platform.cloned().unwrap_or_else(Platform::host);
-            let (digest, found) = select_platform(&top, reference, &wanted)?;
+            let requested = platform.cloned().unwrap_or_else(Platform::host);
+            let (digest, found) = select_platform(&top, reference, &requested)?;
             let child = self.fetch_manifest(&reference.with_digest(digest)).await?;
             if is_index(&child.media_type) {
                 return Err(invalid_manifest(
@@ -381,26 +384,30 @@ impl RegistryClient {
             }
         }
         tracing::debug!(from = %from, to = %to, %digest, size, "streaming blob");
+        let failure = FailureSlot::default();
         let stream = self
             .blob_stream(from, digest, size)
             .await?
+            .with_failure_slot(failure.clone())
             .map_err(OciDistributionError::IoError);
-        match self.push_stream(to, stream, digest, size).await {
-            Ok(()) => Ok(BlobCopy::Streamed),
-            // A failed download aborts the upload; report the download's own error.
-            Err(RegistryError::Request {
-                source: OciDistributionError::RequestError(error),
-                ..
-            }) if find_registry_error(&error).is_some() => {
-                let inner = find_registry_error(&error).expect("checked above");
-                Err(RegistryError::BlobRead {
-                    registry: from.registry.clone(),
-                    repository: from.repository.clone(),
-                    digest: digest.clone(),
-                    source: std::io::Error::other(inner.to_string()),
-                })
-            }
-            Err(error) => Err(error),
+        let pushed = self.push_stream(to, stream, digest, size).await;
+        let download_failure = failure
+            .lock()
+            .expect("no code panics while holding the failure slot")
+            .take();
+        match (pushed, download_failure) {
+            (Ok(()), _) => Ok(BlobCopy::Streamed),
+            // A failed download aborts the upload; its own error is the one to report.
+            (Err(_), Some(download)) => Err(download),
+            // The upload can complete before the download reaches its digest check, and
+            // then the target registry rejects the content.
+            (Err(error), None) if is_digest_invalid(&error) => Err(RegistryError::DigestMismatch {
+                registry: from.registry.clone(),
+                repository: from.repository.clone(),
+                expected: digest.clone(),
+                actual: format!("content that {} rejected with DIGEST_INVALID", to.registry),
+            }),
+            (Err(error), None) => Err(error),
         }
     }
 
@@ -616,20 +623,23 @@ fn manifest_media_type(bytes: &[u8], reference: &Reference) -> Result<String, Re
     Ok(media_type)
 }
 
-/// Chooses the index entry for `wanted` and returns its digest and platform.
+/// Chooses the index entry for `requested` and returns its digest and platform.
 fn select_platform(
     index: &FetchedManifest,
     reference: &Reference,
-    wanted: &Platform,
+    requested: &Platform,
 ) -> Result<(Digest, Platform), RegistryError> {
     let value: Value = serde_json::from_slice(&index.bytes)
         .map_err(|error| invalid_manifest(reference, &format!("not JSON: {error}")))?;
     let entries = platform::image_entries(&value);
-    let Some(entry) = entries.iter().find(|entry| wanted.matches(&entry.platform)) else {
+    let Some(entry) = entries
+        .iter()
+        .find(|entry| requested.matches(&entry.platform))
+    else {
         let available: Vec<String> = entries.iter().map(|e| e.platform.to_string()).collect();
         return Err(RegistryError::NoMatchingPlatform {
             reference: reference.to_string(),
-            requested: wanted.to_string(),
+            requested: requested.to_string(),
             available: if available.is_empty() {
                 "none".to_owned()
             } else {
@@ -757,29 +767,19 @@ fn into_registry_error(
     }
 }
 
-/// Finds a [`RegistryError`] in the cause chain of a request error.
-///
-/// `io::Error::source` skips the error it wraps, so each `io::Error` in the chain is
-/// opened with `get_ref`.
-fn find_registry_error(error: &reqwest::Error) -> Option<&RegistryError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if let Some(found) = current.downcast_ref::<RegistryError>() {
-            return Some(found);
-        }
-        let wrapped_io = match current.downcast_ref::<OciDistributionError>() {
-            Some(OciDistributionError::IoError(io)) => Some(io),
-            _ => current.downcast_ref::<std::io::Error>(),
-        };
-        if let Some(found) = wrapped_io
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<RegistryError>())
-        {
-            return Some(found);
-        }
-        source = current.source();
+/// Checks whether an upload failed because the registry computed another digest.
+fn is_digest_invalid(error: &RegistryError) -> bool {
+    match error {
+        RegistryError::Request { source, .. } => match source.as_ref() {
+            OciDistributionError::ServerError { message, .. } => message.contains("DIGEST_INVALID"),
+            OciDistributionError::RegistryError { envelope, .. } => envelope
+                .errors
+                .iter()
+                .any(|e| e.code == oci_client::errors::OciErrorCode::DigestInvalid),
+            _ => false,
+        },
+        _ => false,
     }
-    None
 }
 
 #[cfg(test)]

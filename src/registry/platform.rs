@@ -43,14 +43,14 @@ impl Platform {
         if self.os != candidate.os || self.architecture != candidate.architecture {
             return false;
         }
-        let Some(wanted) = &self.variant else {
+        let Some(requested) = &self.variant else {
             return true;
         };
         let normalize = |variant: Option<&str>| match self.architecture.as_str() {
             "arm64" => Some(variant.unwrap_or("v8").to_owned()),
             _ => variant.map(str::to_owned),
         };
-        normalize(Some(wanted)) == normalize(candidate.variant.as_deref())
+        normalize(Some(requested)) == normalize(candidate.variant.as_deref())
     }
 }
 
