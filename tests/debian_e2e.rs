@@ -696,3 +696,17 @@ fn oracle_comparison_rejects_unpatched_rootfs() {
         "comparing the unpatched root filesystem with the oracle must fail"
     );
 }
+
+/// Checks the harness itself: a missing tool fails the test and names its package.
+#[test]
+fn missing_tool_fails_with_package_name() {
+    let result = std::panic::catch_unwind(|| common::require_tool("layermend-no-such-tool"));
+    let message = result
+        .expect_err("a missing tool must fail the test")
+        .downcast::<String>()
+        .expect("a formatted panic message");
+    assert!(
+        message.contains("layermend-no-such-tool"),
+        "the message must name the tool: {message}"
+    );
+}
