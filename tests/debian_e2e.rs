@@ -124,7 +124,7 @@ fn check_summary(outcome: &Outcome) {
         let line = outcome
             .stdout
             .lines()
-            .find(|line| line.split_whitespace().any(|word| word == update.name))
+            .find(|line| names_package(line, &update.name))
             .unwrap_or_else(|| panic!("stdout must list package {}\n{outcome}", update.name));
         assert!(
             line.contains(&update.installed),
@@ -152,6 +152,20 @@ fn check_summary(outcome: &Outcome) {
             "stdout must list {cve}\n{outcome}"
         );
     }
+}
+
+/// Tells whether `line` contains `package` as a word, alone or with an architecture
+/// qualifier (`zlib1g:amd64`), so that `libpam-modules` does not match
+/// `libpam-modules-bin`.
+fn names_package(line: &str, package: &str) -> bool {
+    line.split_whitespace()
+        .map(|word| word.trim_matches(|c: char| matches!(c, ',' | ';' | '"' | '(' | ')')))
+        .any(|word| {
+            word == package
+                || word
+                    .strip_prefix(package)
+                    .is_some_and(|rest| rest.starts_with(':'))
+        })
 }
 
 /// Checks that `patched` is `original` plus exactly one layer, and that the config keeps
@@ -529,6 +543,17 @@ fn patch_docker_image_stays_docker() {
             "Docker schema 2 layers are gzip tars"
         );
     }
+}
+
+#[test]
+fn names_package_matches_whole_names() {
+    assert!(names_package(
+        "zlib1g:amd64 1:1.2.13 -> 1:1.2.13+deb12u1",
+        "zlib1g"
+    ));
+    assert!(names_package("  libpam-modules, 1.5.2", "libpam-modules"));
+    assert!(!names_package("libpam-modules-bin 1.5.2", "libpam-modules"));
+    assert!(!names_package("perl-base-extra 5.36", "perl-base"));
 }
 
 #[test]
