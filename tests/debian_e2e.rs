@@ -124,7 +124,7 @@ fn check_summary(outcome: &Outcome) {
         let line = outcome
             .stdout
             .lines()
-            .find(|line| line.split_whitespace().any(|word| word == update.name))
+            .find(|line| names_package(line, &update.name))
             .unwrap_or_else(|| panic!("stdout must list package {}\n{outcome}", update.name));
         assert!(
             line.contains(&update.installed),
@@ -152,6 +152,20 @@ fn check_summary(outcome: &Outcome) {
             "stdout must list {cve}\n{outcome}"
         );
     }
+}
+
+/// Tells whether `line` contains `package` as a word, alone or with an architecture
+/// qualifier (`zlib1g:amd64`), so that `libpam-modules` does not match
+/// `libpam-modules-bin`.
+fn names_package(line: &str, package: &str) -> bool {
+    line.split_whitespace()
+        .map(|word| word.trim_matches(|c: char| matches!(c, ',' | ';' | '"' | '(' | ')')))
+        .any(|word| {
+            word == package
+                || word
+                    .strip_prefix(package)
+                    .is_some_and(|rest| rest.starts_with(':'))
+        })
 }
 
 /// Checks that `patched` is `original` plus exactly one layer, and that the config keeps
@@ -532,6 +546,17 @@ fn patch_docker_image_stays_docker() {
 }
 
 #[test]
+fn names_package_matches_whole_names() {
+    assert!(names_package(
+        "zlib1g:amd64 1:1.2.13 -> 1:1.2.13+deb12u1",
+        "zlib1g"
+    ));
+    assert!(names_package("  libpam-modules, 1.5.2", "libpam-modules"));
+    assert!(!names_package("libpam-modules-bin 1.5.2", "libpam-modules"));
+    assert!(!names_package("perl-base-extra 5.36", "perl-base"));
+}
+
+#[test]
 fn unknown_image_is_reported() {
     let security = security_fixture();
     let registry = Registry::start();
@@ -694,5 +719,19 @@ fn oracle_comparison_rejects_unpatched_rootfs() {
     assert!(
         result.is_err(),
         "comparing the unpatched root filesystem with the oracle must fail"
+    );
+}
+
+/// Checks the harness itself: a missing tool fails the test and names its package.
+#[test]
+fn missing_tool_fails_with_package_name() {
+    let result = std::panic::catch_unwind(|| common::require_tool("layermend-no-such-tool"));
+    let message = result
+        .expect_err("a missing tool must fail the test")
+        .downcast::<String>()
+        .expect("a formatted panic message");
+    assert!(
+        message.contains("layermend-no-such-tool"),
+        "the message must name the tool: {message}"
     );
 }
