@@ -278,6 +278,7 @@ impl LayerBuilder {
     /// Writes the layer as `layer.tar.gz` in `dir` and returns its identities.
     pub fn finish(mut self, dir: &Path) -> Result<BuiltLayer, LayerError> {
         let path = dir.join("layer.tar.gz");
+        tracing::debug!(entries = self.entries.len(), "writing layer");
         let write_error = |source| LayerError::Write {
             path: path.clone(),
             source,

@@ -435,7 +435,11 @@ pub struct PackagesReader<R> {
     line_number: u64,
     line: Vec<u8>,
     done: bool,
+    filter: Option<PackageFilter>,
 }
+
+/// Decides from a stanza's `Package` and raw `Provides` whether to build its entry.
+type PackageFilter = Box<dyn Fn(&str, &str) -> bool + Send>;
 
 #[derive(Default)]
 struct StanzaFields {
@@ -467,7 +471,15 @@ impl<R: BufRead> PackagesReader<R> {
             line_number: 0,
             line: Vec::with_capacity(256),
             done: false,
+            filter: None,
         }
+    }
+
+    /// Skips stanzas for which `filter(package, provides)` is false before building
+    /// their entries.
+    pub fn with_filter(mut self, filter: impl Fn(&str, &str) -> bool + Send + 'static) -> Self {
+        self.filter = Some(Box::new(filter));
+        self
     }
 
     fn read_stanza(&mut self) -> Result<Option<StanzaFields>, PackagesError> {
@@ -629,15 +641,25 @@ impl<R: BufRead> Iterator for PackagesReader<R> {
     type Item = Result<PackageEntry, PackagesError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        match self.read_stanza() {
-            Ok(Some(fields)) => Some(self.build_entry(fields)),
-            Ok(None) => None,
-            Err(error) => {
-                self.done = true;
-                Some(Err(error))
+        loop {
+            if self.done {
+                return None;
+            }
+            match self.read_stanza() {
+                Ok(Some(fields)) => {
+                    let wanted = match (&self.filter, &fields.package) {
+                        (Some(filter), Some(package)) => filter(package, &fields.provides),
+                        _ => true,
+                    };
+                    if wanted {
+                        return Some(self.build_entry(fields));
+                    }
+                }
+                Ok(None) => return None,
+                Err(error) => {
+                    self.done = true;
+                    return Some(Err(error));
+                }
             }
         }
     }

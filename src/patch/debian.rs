@@ -1,6 +1,6 @@
 //! The Debian patch: from the image's dpkg database and apt sources to a built layer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -128,7 +128,7 @@ pub async fn patch_debian(
         ..FetchOptions::default()
     })?;
     let files = RootfsFiles(rootfs);
-    let index = repo::load_index(
+    let indexes = repo::fetch_indexes(
         &fetcher,
         &sources,
         &arch,
@@ -139,15 +139,11 @@ pub async fn patch_debian(
     .await?;
 
     reporter.event(Event::Phase(Phase::Resolve));
-    let plan = resolve::resolve(
-        &installed,
-        &requests,
-        &index,
-        &ResolveOptions {
-            arch: arch.clone(),
-            ignore_errors: inputs.settings.ignore_errors,
-        },
-    )?;
+    let options = ResolveOptions {
+        arch: arch.clone(),
+        ignore_errors: inputs.settings.ignore_errors,
+    };
+    let plan = resolve_with_growing_index(&installed, &requests, &indexes, &options).await?;
     record_skips_and_failures(&plan, &mut result, reporter);
     if plan.installs.is_empty() {
         return Ok(result);
@@ -224,6 +220,48 @@ pub async fn patch_debian(
     }
     result.layer = Some(layer);
     Ok(result)
+}
+
+/// Resolves against only the packages the image has or the report names, widening the
+/// index by the names of any dependency it could not satisfy until the plan settles.
+/// A full index of a Debian suite holds about 63,000 packages; the image's closure is
+/// usually a few hundred, so this keeps memory bounded by the image.
+async fn resolve_with_growing_index(
+    installed: &[InstalledPackage],
+    requests: &[Request],
+    indexes: &[repo::FetchedIndex],
+    options: &ResolveOptions,
+) -> Result<Plan, DebianError> {
+    let mut names: HashSet<String> = installed
+        .iter()
+        .map(|p| p.name.clone())
+        .chain(requests.iter().map(|r| r.name.clone()))
+        .collect();
+    loop {
+        let index = repo::scan_indexes(indexes, &options.arch, Some(&names)).await?;
+        let result = resolve::resolve(installed, requests, &index, options);
+        let missing: Vec<String> = match &result {
+            Err(error) => unsatisfied_names(error),
+            Ok(plan) => plan.failures.iter().flat_map(unsatisfied_names).collect(),
+        };
+        let before = names.len();
+        names.extend(missing);
+        if names.len() == before {
+            return Ok(result?);
+        }
+        tracing::debug!(names = names.len(), "widening the package index");
+    }
+}
+
+/// The package names in the dependency an unsatisfiable-dependency error names.
+fn unsatisfied_names(error: &ResolveError) -> Vec<String> {
+    let ResolveError::Unsatisfiable { dependency, .. } = error else {
+        return Vec::new();
+    };
+    match packages::parse_relations(dependency, None) {
+        Ok(groups) => groups.into_iter().flatten().map(|r| r.name).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// The image's native dpkg architecture: `var/lib/dpkg/arch`'s first line, else the
