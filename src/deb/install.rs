@@ -164,7 +164,39 @@ impl<'a> Planner<'a> {
                 planner.set_list(info_name, paths);
             }
         }
+        planner.load_status_dir_lists();
         Ok(planner)
+    }
+
+    /// Takes the file lists of a `status.d/` database, which has no `.list` files, from
+    /// its `NAME.md5sums` files. They name regular files only, so dropped directories and
+    /// symlinks of such packages stay in the image.
+    fn load_status_dir_lists(&mut self) {
+        let StatusStore::Directory(dir) = &self.status else {
+            return;
+        };
+        let mut lists = Vec::new();
+        for (file, package) in dir.entries() {
+            let Some(md5sums) = dir.md5sums(file) else {
+                continue;
+            };
+            let info_name =
+                self.info_name(&package.name, &package.arch, package.is_multi_arch_same());
+            if self.lists.contains_key(&info_name) {
+                continue;
+            }
+            let paths: Vec<String> = String::from_utf8_lossy(md5sums)
+                .lines()
+                .filter_map(|line| {
+                    line.split_once("  ")
+                        .map(|(_, path)| format!("/{}", normalize(path)))
+                })
+                .collect();
+            lists.push((info_name, paths));
+        }
+        for (info_name, paths) in lists {
+            self.set_list(&info_name, paths);
+        }
     }
 
     fn set_list(&mut self, info_name: &str, paths: Vec<String>) {
@@ -320,7 +352,14 @@ impl<'a> Planner<'a> {
         }
 
         let stanza = installed_stanza(deb.control(), "install ok installed", &conffiles);
-        report.stanza = Some(self.status.put(&stanza)?);
+        let location = self.status.put(&stanza)?;
+        if let (StanzaLocation::StatusDir(file), StatusStore::Directory(dir)) =
+            (&location, &mut self.status)
+            && dir.wants_md5sums(file)
+        {
+            dir.put_md5sums(file, md5sums_member(&deb, &unpacked.md5sums));
+        }
+        report.stanza = Some(location);
 
         for script in ["preinst", "postinst"] {
             if deb.member(script).is_some() {
@@ -561,13 +600,8 @@ impl<'a> Planner<'a> {
         }
         let md5sums_path = format!("{info_dir}/{info_name}.md5sums");
         if !written.contains(&md5sums_path) {
-            // dpkg generates the file from the unpacked content when a package ships none.
-            let text: String = md5sums
-                .iter()
-                .map(|(path, md5)| format!("{md5}  {path}\n"))
-                .collect();
             self.layer
-                .add_bytes(&md5sums_path, generated, text.into_bytes());
+                .add_bytes(&md5sums_path, generated, md5sums_member(deb, md5sums));
             written.insert(md5sums_path);
         }
         let list_path = format!("{info_dir}/{info_name}.list");
@@ -652,6 +686,19 @@ fn conffile_action(current: &Current, old_md5: Option<&str>, new_md5: &str) -> C
         (_, Some(old)) if old == new_md5 => ConffileAction::KeepCurrent,
         _ => ConffileAction::KeepCurrentWriteDist,
     }
+}
+
+/// Returns the package's `md5sums` member, or the text dpkg generates from the unpacked
+/// regular files when the package ships none.
+fn md5sums_member(deb: &DebFile, unpacked: &[(String, String)]) -> Vec<u8> {
+    if let Some(member) = deb.member("md5sums") {
+        return member.data.clone();
+    }
+    unpacked
+        .iter()
+        .map(|(path, md5)| format!("{md5}  {path}\n"))
+        .collect::<String>()
+        .into_bytes()
 }
 
 /// Parses a `conffiles` control member: one path per line, optionally preceded by flags

@@ -15,9 +15,11 @@ use crate::image::{self, HistoryEntry, ImageError, PATCH_LABEL, PatchRecord, Pat
 use crate::osrelease::OsRelease;
 use crate::reference::{self, Reference, ReferenceError};
 use crate::registry::auth::AuthEnv;
-use crate::registry::{InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions};
+use crate::registry::{
+    InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions, ResolvedImage,
+};
 use crate::report::{Report, ReportError};
-use crate::rootfs::ScanError;
+use crate::rootfs::{self, ScanError};
 
 pub use events::{Event, NoReporter, Phase, Reporter};
 pub use outcome::{
@@ -29,8 +31,9 @@ pub use outcome::{
 pub struct PatchSettings {
     /// The source image reference.
     pub image: String,
-    /// The scanner report.
-    pub report: PathBuf,
+    /// The scanner report; `None` updates every installed package that has a newer
+    /// version, as `apt-get upgrade` would.
+    pub report: Option<PathBuf>,
     /// `-t`: a bare tag or a full reference for the result.
     pub tag: Option<String>,
     /// Appended to the source tag as `TAG-SUFFIX` when `tag` is `None`.
@@ -49,6 +52,11 @@ pub struct PatchSettings {
     pub repo_mirrors: Vec<MirrorRewrite>,
     /// Where downloads and the new layer go; `None` for a temporary directory.
     pub work_dir: Option<PathBuf>,
+    /// One-line apt sources (`deb [signed-by=FILE] URI SUITE COMPONENT…`) used instead of
+    /// the image's; `signed-by` files are read on the host.
+    pub apt_sources: Vec<String>,
+    /// Host keyring files trusted for every repository.
+    pub keyrings: Vec<PathBuf>,
 }
 
 /// A patch that failed; [`PatchError::is_user_error`] tells bad input from failures.
@@ -152,7 +160,11 @@ async fn run(
     let source = Reference::parse(&settings.image)?;
     let destination =
         reference::destination(&source, settings.tag.as_deref(), &settings.tag_suffix)?;
-    let report = Report::from_file(&settings.report)?;
+    let report = settings
+        .report
+        .as_deref()
+        .map(Report::from_file)
+        .transpose()?;
     let platform = settings
         .platform
         .as_deref()
@@ -169,9 +181,16 @@ async fn run(
     reporter.event(Event::Phase(Phase::ResolveImage));
     let image = client.resolve_image(&source, platform.as_ref()).await?;
     reporter.event(Event::Phase(Phase::ReadLayers));
-    let rootfs = layers::read_rootfs(&client, &source, &image.layers, reporter).await?;
+    let scans = layers::read_layers(&client, &source, &image.layers, reporter).await?;
+    let earlier = earlier_patch(&image, reporter)?;
+    let base_rootfs = earlier
+        .as_ref()
+        .map(|earlier| rootfs::merge_layers(scans[..earlier.layer_index].iter().cloned()));
+    let rootfs = rootfs::merge_layers(scans);
     let os = OsRelease::from_rootfs(&rootfs).ok_or(PatchError::NoOsRelease)?;
-    check_report_os(&report, &os)?;
+    if let Some(report) = &report {
+        check_report_os(report, &os)?;
+    }
     if !os.is_like("debian") {
         return Err(PatchError::UnsupportedOs {
             os: os.display_name(),
@@ -183,7 +202,11 @@ async fn run(
     let result = debian::patch_debian(
         &debian::DebianInputs {
             rootfs: &rootfs,
-            report: &report,
+            base_rootfs: base_rootfs.as_ref(),
+            previous: earlier
+                .as_ref()
+                .map_or(&[][..], |earlier| &earlier.record.packages),
+            report: report.as_ref(),
             settings,
             work_dir: work.path(),
             platform_arch: image_architecture(&image.config_bytes),
@@ -209,6 +232,12 @@ async fn run(
     };
     let Some(layer) = result.layer else {
         return Ok(outcome);
+    };
+    // The new layer replaces the earlier patch layer: the image to extend is the one
+    // without it.
+    let image = match &earlier {
+        Some(earlier) => without_top_layer(&image, earlier)?,
+        None => image,
     };
 
     let record = PatchRecord {
@@ -269,6 +298,65 @@ async fn run(
     outcome.manifest_digest = Some(digest.to_string());
     outcome.layer_digest = Some(layer.digest.to_string());
     Ok(outcome)
+}
+
+/// An earlier layermend patch layer at the top of the image.
+struct EarlierPatch {
+    record: PatchRecord,
+    /// The position of the patch layer, which is the last layer.
+    layer_index: usize,
+}
+
+/// Finds the layermend patch record of the image. Only a patch layer that is still the
+/// top layer is replaced; a record whose layer is gone or has layers above it gives a
+/// warning, and the new layer is added on top.
+fn earlier_patch(
+    image: &ResolvedImage,
+    reporter: &dyn Reporter,
+) -> Result<Option<EarlierPatch>, PatchError> {
+    let Some(found) = image::read_patch_record(&image.config_bytes)? else {
+        return Ok(None);
+    };
+    match found.layer_index {
+        Some(index) if index + 1 == image.layers.len() && index > 0 => {
+            tracing::debug!(
+                layer = index,
+                packages = found.record.packages.len(),
+                "replacing the earlier patch layer"
+            );
+            Ok(Some(EarlierPatch {
+                record: found.record,
+                layer_index: index,
+            }))
+        }
+        _ => {
+            reporter.event(Event::Warning(format!(
+                "the image carries a layermend patch record for layer {}, which is not its \
+                 top layer; the new patch layer is added on top",
+                found.record.diff_id
+            )));
+            Ok(None)
+        }
+    }
+}
+
+/// Returns the image without its top layer: manifest, config (diff_id, history entry,
+/// patch label) and layer list.
+fn without_top_layer(
+    image: &ResolvedImage,
+    earlier: &EarlierPatch,
+) -> Result<ResolvedImage, PatchError> {
+    let config = image::remove_top_layer_from_config(
+        &image.config_bytes,
+        &earlier.record.diff_id,
+        &[PATCH_LABEL.to_owned()],
+    )?;
+    let manifest = image::remove_top_layer_from_manifest(&image.manifest.bytes)?;
+    let mut base = image.clone();
+    base.config_bytes = config;
+    base.manifest.bytes = manifest.into();
+    base.layers.truncate(earlier.layer_index);
+    Ok(base)
 }
 
 /// Compares the report's OS with the image's. Family must match; the report's version
