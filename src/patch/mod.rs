@@ -359,16 +359,19 @@ fn without_top_layer(
     Ok(base)
 }
 
-/// Compares the report's OS with the image's. Family must match; the report's version
-/// must start with the image's major version (Trivy writes Debian 12 as `12.8`).
+/// Compares the report's OS with the image's. Family must match. Debian releases are
+/// numbered by major version and Trivy writes Debian 12 as `12.8`, so only the major
+/// versions must match there. An Ubuntu release is `YEAR.MONTH` (Trivy writes `22.04`),
+/// so both parts must match.
 fn check_report_os(report: &Report, os: &OsRelease) -> Result<(), PatchError> {
     let Some(report_os) = &report.os else {
         return Ok(());
     };
     let family_matches = report_os.family == os.id;
-    let image_major = os.version_id.split('.').next().unwrap_or("");
-    let report_major = report_os.version.split('.').next().unwrap_or("");
-    let version_matches = image_major.is_empty() || report_major == image_major;
+    let parts = if os.id == "ubuntu" { 2 } else { 1 };
+    let release = |version: &str| version.split('.').take(parts).collect::<Vec<_>>().join(".");
+    let version_matches =
+        os.version_id.is_empty() || release(&report_os.version) == release(&os.version_id);
     if family_matches && version_matches {
         return Ok(());
     }
@@ -455,5 +458,39 @@ impl WorkDir {
 
     fn path(&self) -> &std::path::Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::ReportOs;
+
+    fn report_for(family: &str, version: &str) -> Report {
+        Report {
+            os: Some(ReportOs {
+                family: family.to_owned(),
+                version: version.to_owned(),
+            }),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn report_os_accepts_trivy_names() {
+        let debian = OsRelease::parse("ID=debian\nVERSION_ID=\"12\"\n");
+        let ubuntu = OsRelease::parse("ID=ubuntu\nID_LIKE=debian\nVERSION_ID=\"22.04\"\n");
+        assert!(check_report_os(&report_for("debian", "12.8"), &debian).is_ok());
+        assert!(check_report_os(&report_for("ubuntu", "22.04"), &ubuntu).is_ok());
+        assert!(ubuntu.is_like("debian"));
+    }
+
+    #[test]
+    fn report_os_rejects_other_release() {
+        let ubuntu = OsRelease::parse("ID=ubuntu\nID_LIKE=debian\nVERSION_ID=\"22.04\"\n");
+        let debian = OsRelease::parse("ID=debian\nVERSION_ID=\"12\"\n");
+        assert!(check_report_os(&report_for("ubuntu", "22.10"), &ubuntu).is_err());
+        assert!(check_report_os(&report_for("debian", "11.9"), &debian).is_err());
+        assert!(check_report_os(&report_for("debian", "12.8"), &ubuntu).is_err());
     }
 }
