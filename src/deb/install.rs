@@ -199,6 +199,44 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Returns the conffiles the status database records for `old`. A `status.d/` stanza
+    /// is a bare control file without `Conffiles`, so there the MD5s of the package's
+    /// conffiles come from its `NAME.md5sums` file.
+    fn recorded_conffiles(
+        &self,
+        old: &InstalledPackage,
+        new_conffiles: &[(String, Vec<String>)],
+    ) -> Vec<Conffile> {
+        let StatusStore::Directory(dir) = &self.status else {
+            return old.conffiles.clone();
+        };
+        if !old.conffiles.is_empty() {
+            return old.conffiles.clone();
+        }
+        let Some(md5sums) = dir
+            .file_of(&old.name, &old.arch)
+            .and_then(|file| dir.md5sums(file))
+        else {
+            return Vec::new();
+        };
+        let text = String::from_utf8_lossy(md5sums);
+        new_conffiles
+            .iter()
+            .filter_map(|(path, _)| {
+                let md5 = text.lines().find_map(|line| {
+                    let (md5, listed) = line.split_once("  ")?;
+                    (format!("/{}", normalize(listed)) == *path).then(|| md5.to_owned())
+                })?;
+                Some(Conffile {
+                    path: path.clone(),
+                    md5,
+                    obsolete: false,
+                    remove_on_upgrade: false,
+                })
+            })
+            .collect()
+    }
+
     fn set_list(&mut self, info_name: &str, paths: Vec<String>) {
         if let Some(old) = self.lists.remove(info_name) {
             for path in old {
@@ -282,11 +320,12 @@ impl<'a> Planner<'a> {
                 .map(|m| m.data.as_slice())
                 .unwrap_or_default(),
         );
-        let old_conffiles: BTreeMap<&str, &Conffile> = old
-            .iter()
-            .flat_map(|old| &old.conffiles)
-            .map(|c| (c.path.as_str(), c))
-            .collect();
+        let recorded = old
+            .as_ref()
+            .map(|old| self.recorded_conffiles(old, &new_conffiles))
+            .unwrap_or_default();
+        let old_conffiles: BTreeMap<&str, &Conffile> =
+            recorded.iter().map(|c| (c.path.as_str(), c)).collect();
 
         let unpacked = self.unpack(&deb, &new_conffiles, &old_conffiles, &mut report)?;
 
@@ -1050,6 +1089,138 @@ mod tests {
             );
             assert_eq!(ours, theirs, "kind and mode of {}", ours.0);
         }
+    }
+
+    /// Writes `deb`'s files and a distroless-style `status.d/FILE` (the control file) and
+    /// `status.d/FILE.md5sums` (every regular file) into `root`.
+    fn distroless_install(root: &Path, deb: &Path, file: &str) {
+        let status = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb)
+            .arg(root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let control = Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(deb)
+            .output()
+            .unwrap();
+        let dir = root.join("var/lib/dpkg/status.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(file), control.stdout).unwrap();
+        let listing = Command::new("dpkg-deb")
+            .arg("-c")
+            .arg(deb)
+            .output()
+            .unwrap();
+        let mut md5sums = String::new();
+        for line in String::from_utf8(listing.stdout).unwrap().lines() {
+            if !line.starts_with('-') {
+                continue;
+            }
+            let path = line
+                .split_whitespace()
+                .nth(5)
+                .unwrap()
+                .trim_start_matches("./");
+            let data = std::fs::read(root.join(path)).unwrap();
+            md5sums.push_str(&format!("{}  {path}\n", hex::encode(Md5::digest(&data))));
+        }
+        std::fs::write(dir.join(format!("{file}.md5sums")), md5sums).unwrap();
+    }
+
+    fn plain_root(root: &Path, dpkg_db: bool) {
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        if dpkg_db {
+            std::fs::create_dir_all(root.join("var/lib/dpkg/info")).unwrap();
+            std::fs::create_dir_all(root.join("var/lib/dpkg/updates")).unwrap();
+            std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn status_dir_upgrade_matches_dpkg() {
+        let work = tempfile::tempdir().unwrap();
+        let v1 = tpkg(work.path(), "1.0", &[("usr/share/doc/tpkg/OLD", "old\n")]);
+        let v2 = tpkg(work.path(), "2.0", &[("usr/share/doc/tpkg/NEW", "new\n")]);
+
+        let ours = work.path().join("ours");
+        plain_root(&ours, false);
+        distroless_install(&ours, &v1, "tpkg1");
+        let other = "Package: other\nVersion: 1\nArchitecture: all\nMaintainer: T <t@example.org>\nDescription: x\n";
+        std::fs::write(ours.join("var/lib/dpkg/status.d/other"), other).unwrap();
+        let index = snapshot(&ours);
+
+        let theirs = work.path().join("theirs");
+        plain_root(&theirs, true);
+        dpkg_install(&theirs, &[&v1]);
+        dpkg_install(&theirs, &[&v2]);
+
+        let request = PackageToInstall {
+            deb_path: v2.clone(),
+            name: "tpkg".into(),
+            arch: "amd64".into(),
+            new: false,
+        };
+        let (layer, report) = plan_layer(&index, &[request], InstallOptions { mtime: 0 }).unwrap();
+        assert_eq!(
+            report.packages[0].stanza,
+            Some(StanzaLocation::StatusDir("tpkg1".into()))
+        );
+        let layer_paths: Vec<&str> = layer.entries().map(|(path, _)| path).collect();
+        assert!(
+            !layer_paths
+                .iter()
+                .any(|p| p.starts_with("var/lib/dpkg/info"))
+        );
+        assert!(!layer_paths.contains(&"var/lib/dpkg/status"));
+        assert!(!layer_paths.contains(&"var/lib/dpkg/status.d/other"));
+        assert!(layer_paths.contains(&"var/lib/dpkg/status.d/tpkg1.md5sums"));
+
+        let layer_dir = work.path().join("layer");
+        std::fs::create_dir(&layer_dir).unwrap();
+        let built = layer.finish(&layer_dir).unwrap();
+        apply(&ours, &built.path);
+
+        let outside_dpkg = |root: &Path| -> Vec<(String, String, u32, Vec<u8>)> {
+            tree(root)
+                .into_iter()
+                .filter(|e| !e.0.starts_with("var/lib/dpkg"))
+                .collect()
+        };
+        let ours_tree = outside_dpkg(&ours);
+        let theirs_tree = outside_dpkg(&theirs);
+        let paths = |t: &[(String, String, u32, Vec<u8>)]| -> Vec<String> {
+            t.iter().map(|e| e.0.clone()).collect()
+        };
+        assert_eq!(paths(&ours_tree), paths(&theirs_tree));
+        assert!(!paths(&ours_tree).contains(&"usr/share/doc/tpkg/OLD".to_owned()));
+        assert_eq!(ours_tree, theirs_tree);
+
+        let status_dir = ours.join("var/lib/dpkg/status.d");
+        assert_eq!(
+            std::fs::read_to_string(status_dir.join("other")).unwrap(),
+            other
+        );
+        assert!(!ours.join("var/lib/dpkg/status").exists());
+        assert!(!ours.join("var/lib/dpkg/info").exists());
+        let stanza = std::fs::read_to_string(status_dir.join("tpkg1")).unwrap();
+        let dpkg_status = std::fs::read_to_string(theirs.join("var/lib/dpkg/status")).unwrap();
+        let dpkg_stanza: String = dpkg_status
+            .lines()
+            .filter(|line| !line.starts_with("Status:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_eq!(
+            stanza.trim_end(),
+            dpkg_stanza.trim_end(),
+            "stanza without Status"
+        );
+        let md5sums = std::fs::read_to_string(status_dir.join("tpkg1.md5sums")).unwrap();
+        let dpkg_md5sums =
+            std::fs::read_to_string(theirs.join("var/lib/dpkg/info/tpkg.md5sums")).unwrap();
+        assert_eq!(md5sums, dpkg_md5sums);
     }
 
     #[test]
