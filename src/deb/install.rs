@@ -1223,6 +1223,164 @@ mod tests {
         assert_eq!(md5sums, dpkg_md5sums);
     }
 
+    /// Installs `old` with real dpkg, runs `prepare` on the root, then installs `new`
+    /// once with dpkg and once through [`plan_layer`], and compares the two trees.
+    fn compare_upgrade(
+        work: &Path,
+        old: &[&Path],
+        new: &[(&Path, &str, &str)],
+        prepare: impl Fn(&Path),
+    ) -> (Vec<(String, String, u32, Vec<u8>)>, LayerBuilder) {
+        let ours = work.join("ours");
+        let theirs = work.join("theirs");
+        plain_root(&ours, true);
+        prepare(&ours);
+        dpkg_install(&ours, old);
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(&ours)
+            .arg(&theirs)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let index = snapshot(&ours);
+        let debs: Vec<&Path> = new.iter().map(|(deb, _, _)| *deb).collect();
+        dpkg_install(&theirs, &debs);
+
+        let requests: Vec<PackageToInstall> = new
+            .iter()
+            .map(|(deb, name, arch)| PackageToInstall {
+                deb_path: deb.to_path_buf(),
+                name: (*name).into(),
+                arch: (*arch).into(),
+                new: false,
+            })
+            .collect();
+        let (layer, _) = plan_layer(&index, &requests, InstallOptions { mtime: 0 }).unwrap();
+        let kept = layer_copy(&layer);
+        let layer_dir = work.join("layer");
+        std::fs::create_dir(&layer_dir).unwrap();
+        let built = layer.finish(&layer_dir).unwrap();
+        apply(&ours, &built.path);
+        let ours_tree = tree(&ours);
+        let theirs_tree = tree(&theirs);
+        let paths = |t: &[(String, String, u32, Vec<u8>)]| -> Vec<String> {
+            t.iter().map(|e| e.0.clone()).collect()
+        };
+        assert_eq!(paths(&ours_tree), paths(&theirs_tree));
+        for (ours, theirs) in ours_tree.iter().zip(&theirs_tree) {
+            assert_eq!(
+                String::from_utf8_lossy(&ours.3),
+                String::from_utf8_lossy(&theirs.3),
+                "content of {}",
+                ours.0
+            );
+            assert_eq!(ours, theirs, "kind and mode of {}", ours.0);
+        }
+        (theirs_tree, kept)
+    }
+
+    /// The entry paths of a layer, kept as a builder for lookups after `finish`.
+    fn layer_copy(layer: &LayerBuilder) -> LayerBuilder {
+        let mut copy = LayerBuilder::new(0);
+        for (path, entry) in layer.entries() {
+            if entry.content == crate::layer::EntryContent::Whiteout {
+                copy.add_whiteout(path, 0);
+            } else {
+                copy.add_dir(path, entry.meta);
+            }
+        }
+        copy
+    }
+
+    #[test]
+    fn diverted_file_written_where_dpkg_writes() {
+        let work = tempfile::tempdir().unwrap();
+        let v1 = tpkg(work.path(), "1.0", &[]);
+        let v2 = tpkg(
+            work.path(),
+            "2.0",
+            &[("usr/share/doc/tpkg/README", "doc 2\n")],
+        );
+        let (theirs, layer) =
+            compare_upgrade(work.path(), &[&v1], &[(&v2, "tpkg", "amd64")], |root| {
+                let status = Command::new("dpkg-divert")
+                    .arg(format!("--root={}", root.display()))
+                    .args([
+                        "--local",
+                        "--divert",
+                        "/usr/share/doc/tpkg/README.distrib",
+                        "--add",
+                        "/usr/share/doc/tpkg/README",
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(status.status.success(), "{status:?}");
+            });
+        assert!(layer.get("usr/share/doc/tpkg/README.distrib").is_some());
+        assert!(layer.get("usr/share/doc/tpkg/README").is_none());
+        assert!(
+            theirs
+                .iter()
+                .any(|e| e.0 == "usr/share/doc/tpkg/README.distrib")
+        );
+    }
+
+    fn multi_arch_deb(dir: &Path, arch: &str, version: &str) -> PathBuf {
+        let triplet = if arch == "amd64" {
+            "x86_64-linux-gnu"
+        } else {
+            "i386-linux-gnu"
+        };
+        let control = format!(
+            "Package: mlib\nVersion: {version}\nArchitecture: {arch}\nMulti-Arch: same\n\
+             Maintainer: T <t@example.org>\nDescription: multi-arch library\n"
+        );
+        let library = format!("usr/lib/{triplet}/libm.so");
+        let readme = format!("shared {version}\n");
+        build_deb(
+            dir,
+            &format!("mlib-{arch}-{version}"),
+            &[
+                ("DEBIAN/control", control.as_str()),
+                (library.as_str(), version),
+                ("usr/share/doc/mlib/README", readme.as_str()),
+            ],
+            "gzip",
+        )
+    }
+
+    #[test]
+    fn multi_arch_same_pair_matches_dpkg() {
+        let work = tempfile::tempdir().unwrap();
+        let old_amd64 = multi_arch_deb(work.path(), "amd64", "1.0");
+        let old_i386 = multi_arch_deb(work.path(), "i386", "1.0");
+        let new_amd64 = multi_arch_deb(work.path(), "amd64", "2.0");
+        let new_i386 = multi_arch_deb(work.path(), "i386", "2.0");
+        let (theirs, _) = compare_upgrade(
+            work.path(),
+            &[&old_amd64, &old_i386],
+            &[(&new_amd64, "mlib", "amd64"), (&new_i386, "mlib", "i386")],
+            |root| {
+                let status = Command::new("dpkg")
+                    .arg(format!("--root={}", root.display()))
+                    .args(["--add-architecture", "i386"])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            },
+        );
+        for expected in [
+            "var/lib/dpkg/info/mlib:amd64.list",
+            "var/lib/dpkg/info/mlib:i386.md5sums",
+        ] {
+            assert!(
+                theirs.iter().any(|e| e.0 == expected),
+                "{expected} compared"
+            );
+        }
+    }
+
     #[test]
     fn dropped_conffile_becomes_obsolete() {
         let work = tempfile::tempdir().unwrap();
