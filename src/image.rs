@@ -553,4 +553,38 @@ mod tests {
             append_layer_to_config(CONFIG.as_bytes(), &digest('2'), &history(), &broken).unwrap();
         assert!(read_patch_record(&config).is_err());
     }
+
+    #[test]
+    fn top_layer_removal_undoes_append() {
+        let labels = vec![(PATCH_LABEL.to_owned(), "{}".to_owned())];
+        let config =
+            append_layer_to_config(CONFIG.as_bytes(), &digest('2'), &history(), &labels).unwrap();
+        let removed =
+            remove_top_layer_from_config(&config, &digest('2'), &[PATCH_LABEL.into()]).unwrap();
+        let original: Value = serde_json::from_str(CONFIG).unwrap();
+        let value: Value = serde_json::from_slice(&removed).unwrap();
+        assert_eq!(value, original);
+
+        let wrong = remove_top_layer_from_config(&config, &digest('3'), &[]);
+        assert!(matches!(wrong, Err(ImageError::Invalid { .. })));
+
+        let manifest = format!(
+            r#"{{"schemaVersion": 2, "mediaType": "{OCI_MANIFEST}",
+               "config": {{"mediaType": "{OCI_CONFIG}", "digest": "{}", "size": 10}},
+               "layers": [{{"mediaType": "{OCI_LAYER_GZIP}", "digest": "{}", "size": 5}}]}}"#,
+            digest('a'),
+            digest('b')
+        );
+        let appended = append_layer_to_manifest(
+            manifest.as_bytes(),
+            (&digest('c'), 1),
+            (&digest('d'), 1),
+            &[],
+        )
+        .unwrap();
+        let removed = remove_top_layer_from_manifest(&appended).unwrap();
+        let value: Value = serde_json::from_slice(&removed).unwrap();
+        assert_eq!(value["layers"].as_array().unwrap().len(), 1);
+        assert_eq!(value["layers"][0]["digest"], digest('b').as_str());
+    }
 }

@@ -1223,6 +1223,9 @@ mod tests {
         assert_eq!(md5sums, dpkg_md5sums);
     }
 
+    /// (path, kind, mode, content or link target) of one entry of [`tree`].
+    type TreeEntry = (String, String, u32, Vec<u8>);
+
     /// Installs `old` with real dpkg, runs `prepare` on the root, then installs `new`
     /// once with dpkg and once through [`plan_layer`], and compares the two trees.
     fn compare_upgrade(
@@ -1230,7 +1233,7 @@ mod tests {
         old: &[&Path],
         new: &[(&Path, &str, &str)],
         prepare: impl Fn(&Path),
-    ) -> (Vec<(String, String, u32, Vec<u8>)>, LayerBuilder) {
+    ) -> (Vec<TreeEntry>, LayerBuilder) {
         let ours = work.join("ours");
         let theirs = work.join("theirs");
         plain_root(&ours, true);

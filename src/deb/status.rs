@@ -773,4 +773,88 @@ mod tests {
         );
         assert_eq!(normalize_version("0:1.0-0"), "1.0-0");
     }
+
+    fn status_dir_of(files: &[(&str, &str)]) -> StatusStore {
+        let mut rootfs = RootfsIndex::default();
+        let info = crate::rootfs::FileInfo {
+            kind: crate::rootfs::FileKind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: 0,
+            md5: None,
+        };
+        for (name, text) in files {
+            let path = format!("{STATUS_DIR}/{name}");
+            rootfs.insert(&path, info.clone(), Some(text.as_bytes().to_vec()));
+        }
+        StatusStore::load(&rootfs).unwrap()
+    }
+
+    #[test]
+    fn status_dir_updates_file_in_place() {
+        let mut store = status_dir_of(&[
+            (
+                "libssl1",
+                "Package: libssl1.1\nVersion: 1.1\nArchitecture: amd64\n",
+            ),
+            ("libssl1.md5sums", "00  usr/lib/libssl.so.1.1\n"),
+            (
+                "base",
+                "Package: base-files\nStatus: install ok installed\nVersion: 12\n",
+            ),
+        ]);
+        let ssl = store.find("libssl1.1", "amd64").unwrap();
+        assert_eq!(
+            ssl.status.status, "installed",
+            "no Status reads as installed"
+        );
+
+        let location = store
+            .put("Package: libssl1.1\nStatus: install ok installed\nVersion: 1.2\nArchitecture: amd64\n")
+            .unwrap();
+        assert_eq!(location, StanzaLocation::StatusDir("libssl1".into()));
+        let StatusStore::Directory(dir) = &mut store else {
+            panic!("directory layout expected");
+        };
+        assert!(dir.wants_md5sums("libssl1"));
+        dir.put_md5sums("libssl1", b"11  usr/lib/libssl.so.1.1\n".to_vec());
+        let changed = store.changed_files();
+        assert_eq!(
+            changed,
+            [
+                (
+                    format!("{STATUS_DIR}/libssl1"),
+                    b"Package: libssl1.1\nVersion: 1.2\nArchitecture: amd64\n".to_vec()
+                ),
+                (
+                    format!("{STATUS_DIR}/libssl1.md5sums"),
+                    b"11  usr/lib/libssl.so.1.1\n".to_vec()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn status_dir_adds_new_package_file() {
+        let mut store = status_dir_of(&[
+            (
+                "base",
+                "Package: base-files\nStatus: install ok installed\nVersion: 12\n",
+            ),
+            ("base.md5sums", "00  etc/issue\n"),
+        ]);
+        let location = store
+            .put("Package: libnew\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n")
+            .unwrap();
+        assert_eq!(location, StanzaLocation::StatusDir("libnew".into()));
+        let StatusStore::Directory(dir) = &store else {
+            panic!("directory layout expected");
+        };
+        assert!(dir.wants_md5sums("libnew"), "the image has md5sums files");
+        let changed = store.changed_files();
+        assert_eq!(changed.len(), 1);
+        assert!(String::from_utf8_lossy(&changed[0].1).contains("Status: install ok installed"));
+    }
 }

@@ -625,3 +625,71 @@ impl ImageFiles for RootfsFiles<'_> {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deb::resolve::tests::{index, installed};
+
+    fn options() -> ResolveOptions {
+        ResolveOptions {
+            arch: "amd64".to_owned(),
+            ignore_errors: false,
+        }
+    }
+
+    fn names(requests: &[Request]) -> Vec<&str> {
+        requests.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn upgrade_keeps_back_new_dependencies() {
+        let image = [
+            installed("plain", "1.0", &[]),
+            installed("needs-new", "1.0", &[]),
+            installed("held", "1.0", &[("Hold", "")]),
+            installed("current", "2.0", &[]),
+        ];
+        let repo = index(&[
+            "Package: plain\nVersion: 1.1\nArchitecture: amd64",
+            "Package: needs-new\nVersion: 2.0\nArchitecture: amd64\nDepends: brand-new",
+            "Package: brand-new\nVersion: 1.0\nArchitecture: amd64",
+            "Package: held\nVersion: 2.0\nArchitecture: amd64",
+            "Package: current\nVersion: 1.0\nArchitecture: amd64",
+        ]);
+        let requests = upgrade_requests(&image, &repo, &options());
+        assert_eq!(names(&requests), ["plain", "held"]);
+        let plan = resolve::resolve(&image, &requests, &repo, &options()).unwrap();
+        let planned: Vec<&str> = plan.installs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(planned, ["plain"]);
+        assert!(matches!(
+            plan.skipped[0].reason,
+            resolve::SkipReason::Held { .. }
+        ));
+    }
+
+    #[test]
+    fn previous_patch_versions_are_kept() {
+        let base = [installed("a", "1.0", &[]), installed("b", "1.0", &[])];
+        let previous = [
+            PatchedPackage {
+                name: "a".into(),
+                from_version: "1.0".into(),
+                to_version: "1.1".into(),
+            },
+            PatchedPackage {
+                name: "pulled-in".into(),
+                from_version: String::new(),
+                to_version: "1.0".into(),
+            },
+        ];
+        let new = vec![Request {
+            name: "b".into(),
+            arch: None,
+            fixed: Some(packages::parse_version("1.2").unwrap()),
+        }];
+        let merged = merge_previous(&previous, &base, new);
+        assert_eq!(names(&merged), ["b", "a"]);
+        assert_eq!(merged[1].fixed.as_ref().unwrap().to_string(), "1.1");
+    }
+}
