@@ -15,7 +15,10 @@ use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use common::{ManifestFormat, Registry, layermend, push_layout, require_tool, run, umoci_unpack};
+use common::{
+    BookwormFixture, ManifestFormat, Registry, bookworm_fixture, layermend, oracle_rootfs,
+    push_layout, require_tool, run, security_fixture, umoci_unpack,
+};
 
 const REPOSITORY: &str = "distroless";
 const LAYOUT_TAG: &str = "base";
@@ -450,4 +453,239 @@ fn repatch_replaces_layer_with_newest() {
     ]);
     assert_eq!(again.code, 3, "nothing to patch\n{again}");
     assert!(registry.manifest(REPOSITORY, "third").is_none());
+}
+
+/// Library packages of the bookworm fixture that bookworm-security updates; the
+/// distroless image is built from their archive .debs, plus `libc6` they depend on.
+const REAL_LIBRARIES: &[&str] = &["zlib1g", "libzstd1", "liblzma5", "libpcre2-8-0"];
+
+/// Fetches the .deb of `package` at the version the bookworm fixture has installed from
+/// the fixture's mirror, and checks its files against the fixture's dpkg md5sums.
+fn fetch_installed_deb(fixture: &BookwormFixture, package: &str, dir: &Path) -> PathBuf {
+    let admindir = fixture.rootfs.join("var/lib/dpkg");
+    let query = run(Command::new("dpkg-query")
+        .arg(format!("--admindir={}", admindir.display()))
+        .args([
+            "-W",
+            "-f",
+            "${Version} ${source:Package} ${Architecture}",
+            package,
+        ]));
+    let fields = String::from_utf8(query.stdout).unwrap();
+    let mut fields = fields.split_whitespace();
+    let (version, source, arch) = (
+        fields.next().unwrap(),
+        fields.next().unwrap(),
+        fields.next().unwrap(),
+    );
+    // Debian's pool layout: pool/main/PREFIX/SOURCE/, where PREFIX is `libX` for
+    // sources starting with `lib`, else the first letter. File names drop the epoch.
+    let prefix = if source.starts_with("lib") && source.len() > 3 {
+        &source[..4]
+    } else {
+        &source[..1]
+    };
+    let file_version = version.split_once(':').map_or(version, |(_, rest)| rest);
+    let name = format!("{package}_{file_version}_{arch}.deb");
+    let url = format!(
+        "{}/pool/main/{prefix}/{source}/{name}",
+        fixture.env["MIRROR"]
+    );
+    let deb = dir.join(&name);
+    run(Command::new("curl")
+        .args(["-fsS", "--retry", "3", "-o"])
+        .arg(&deb)
+        .arg(&url));
+
+    let extracted = dir.join(format!("{package}-check"));
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted));
+    let md5sums = fs_err::read_to_string(admindir.join(format!("info/{package}.md5sums")))
+        .or_else(|_| {
+            fs_err::read_to_string(admindir.join(format!("info/{package}:{arch}.md5sums")))
+        })
+        .unwrap();
+    for line in md5sums.lines() {
+        let (md5, path) = line.split_once("  ").unwrap();
+        let data = fs_err::read(extracted.join(path)).unwrap();
+        assert_eq!(hex::encode(md5::Md5::digest(&data)), md5, "{url}: {path}");
+    }
+    deb
+}
+
+/// Builds a merged-/usr distroless root from real .debs: files extracted through the
+/// `lib -> usr/lib` symlinks, `status.d/SOURCE` holding the control file (a name unlike
+/// the package name) and `status.d/SOURCE.md5sums` the package's md5sums member.
+fn real_distroless_rootfs(root: &Path, debs: &[PathBuf]) -> Vec<(String, String)> {
+    fs_err::create_dir_all(root.join("usr/lib")).unwrap();
+    fs_err::create_dir_all(root.join("usr/bin")).unwrap();
+    fs_err::create_dir_all(root.join("usr/sbin")).unwrap();
+    for dir in ["lib", "bin", "sbin"] {
+        std::os::unix::fs::symlink(format!("usr/{dir}"), root.join(dir)).unwrap();
+    }
+    std::os::unix::fs::symlink("usr/lib", root.join("lib64")).unwrap_or(());
+    fs_err::create_dir_all(root.join("etc")).unwrap();
+    fs_err::write(
+        root.join("etc/os-release"),
+        "PRETTY_NAME=\"Distroless\"\nID=debian\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\n",
+    )
+    .unwrap();
+    let status_dir = root.join("var/lib/dpkg/status.d");
+    fs_err::create_dir_all(&status_dir).unwrap();
+    let mut files = Vec::new();
+    for deb in debs {
+        let extract =
+            format!("dpkg-deb --fsys-tarfile \"$1\" | tar -x --keep-directory-symlink -C \"$2\"");
+        run(Command::new("sh")
+            .arg("-c")
+            .arg(extract)
+            .arg("sh")
+            .arg(deb)
+            .arg(root));
+        let field = |name: &str| {
+            let output = run(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name));
+            String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        };
+        let package = field("Package");
+        let source = field("Source");
+        let file = source
+            .split_whitespace()
+            .next()
+            .unwrap_or(&package)
+            .to_owned();
+        let file = if file.is_empty() {
+            package.clone()
+        } else {
+            file
+        };
+        let control = run(Command::new("dpkg-deb").arg("-f").arg(deb));
+        fs_err::write(status_dir.join(&file), control.stdout).unwrap();
+        let md5sums = run(Command::new("sh")
+            .arg("-c")
+            .arg("dpkg-deb --ctrl-tarfile \"$1\" | tar -xO ./md5sums")
+            .arg("sh")
+            .arg(deb));
+        fs_err::write(status_dir.join(format!("{file}.md5sums")), md5sums.stdout).unwrap();
+        files.push((package, file));
+    }
+    files
+}
+
+/// Reads `info/PACKAGE.SUFFIX` of the oracle, or `info/PACKAGE:amd64.SUFFIX` for a
+/// `Multi-Arch: same` package.
+fn oracle_info(oracle: &Path, package: &str, suffix: &str) -> String {
+    let info = oracle.join("var/lib/dpkg/info");
+    let plain = info.join(format!("{package}.{suffix}"));
+    let path = if plain.exists() {
+        plain
+    } else {
+        info.join(format!("{package}:amd64.{suffix}"))
+    };
+    fs_err::read_to_string(path).unwrap()
+}
+
+/// Returns the stanza of `package` in a dpkg status file, without its `Status` line.
+fn oracle_stanza(status: &str, package: &str) -> String {
+    let start = status
+        .find(&format!("Package: {package}\n"))
+        .unwrap_or_else(|| panic!("{package} not in the oracle status"));
+    let stanza = &status[start..];
+    let stanza = &stanza[..stanza.find("\n\n").map_or(stanza.len(), |end| end + 1)];
+    stanza
+        .lines()
+        .filter(|line| !line.starts_with("Status:"))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+#[test]
+fn real_debs_patch_matches_oracle() {
+    let fixture = bookworm_fixture();
+    let security = security_fixture();
+    let oracle = oracle_rootfs();
+    let libraries: Vec<&str> = REAL_LIBRARIES
+        .iter()
+        .copied()
+        .filter(|name| security.update(name).is_some())
+        .collect();
+    assert!(
+        !libraries.is_empty(),
+        "bookworm-security updates none of {REAL_LIBRARIES:?} any more"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let mut debs = vec![fetch_installed_deb(fixture, "libc6", work.path())];
+    for library in &libraries {
+        debs.push(fetch_installed_deb(fixture, library, work.path()));
+    }
+    let root = work.path().join("rootfs");
+    let files = real_distroless_rootfs(&root, &debs);
+    let layout = work.path().join("layout");
+    write_layout(&root, &layout);
+    let registry = Registry::start();
+    push_layout(
+        &layout,
+        LAYOUT_TAG,
+        &registry,
+        &format!("{REPOSITORY}:{LAYOUT_TAG}"),
+        ManifestFormat::Oci,
+    );
+
+    let source = format!(
+        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} bookworm-security main",
+        fixture.env["SECURITY_MIRROR"]
+    );
+    let outcome = layermend(&[
+        "patch",
+        "-i",
+        &registry.image(&format!("{REPOSITORY}:{LAYOUT_TAG}")),
+        "-r",
+        security.report.to_str().unwrap(),
+        "-t",
+        "patched",
+        "--apt-source",
+        &source,
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome}");
+    for library in &libraries {
+        let fixed = &security.update(library).unwrap().fixed;
+        assert!(
+            outcome.stdout.contains(fixed.as_str()),
+            "{library} {fixed} in the output\n{outcome}"
+        );
+    }
+
+    let bundle = unpacked(&registry, "patched");
+    let patched = bundle.path().join("bundle/rootfs");
+    assert!(!patched.join("var/lib/dpkg/status").exists());
+    assert!(!patched.join("var/lib/dpkg/info").exists());
+    let oracle_status = fs_err::read_to_string(oracle.join("var/lib/dpkg/status")).unwrap();
+    for (package, file) in &files {
+        let stanza =
+            fs_err::read_to_string(patched.join(format!("var/lib/dpkg/status.d/{file}"))).unwrap();
+        if !libraries.contains(&package.as_str()) {
+            assert!(!stanza.contains("Status:"), "{package} left as it was");
+            continue;
+        }
+        assert_eq!(
+            stanza,
+            oracle_stanza(&oracle_status, package),
+            "stanza of {package}"
+        );
+        let md5sums =
+            fs_err::read_to_string(patched.join(format!("var/lib/dpkg/status.d/{file}.md5sums")))
+                .unwrap();
+        let oracle_md5sums = oracle_info(oracle, package, "md5sums");
+        assert_eq!(md5sums, oracle_md5sums, "md5sums of {package}");
+        let list = oracle_info(oracle, package, "list");
+        for path in list.lines().filter(|p| *p != "/.") {
+            let ours_path = common::tree::resolve_in_root(&patched, path);
+            let theirs_path = common::tree::resolve_in_root(oracle, path);
+            let theirs = common::tree::file_state(oracle, &theirs_path);
+            if matches!(theirs, common::tree::FileState::Directory { .. }) {
+                continue;
+            }
+            let ours = common::tree::file_state(&patched, &ours_path);
+            assert_eq!(ours, theirs, "{package}: {path}");
+        }
+    }
 }
