@@ -522,7 +522,6 @@ fn real_distroless_rootfs(root: &Path, debs: &[PathBuf]) -> Vec<(String, String)
     for dir in ["lib", "bin", "sbin"] {
         std::os::unix::fs::symlink(format!("usr/{dir}"), root.join(dir)).unwrap();
     }
-    std::os::unix::fs::symlink("usr/lib", root.join("lib64")).unwrap_or(());
     fs_err::create_dir_all(root.join("etc")).unwrap();
     fs_err::write(
         root.join("etc/os-release"),
@@ -533,8 +532,7 @@ fn real_distroless_rootfs(root: &Path, debs: &[PathBuf]) -> Vec<(String, String)
     fs_err::create_dir_all(&status_dir).unwrap();
     let mut files = Vec::new();
     for deb in debs {
-        let extract =
-            format!("dpkg-deb --fsys-tarfile \"$1\" | tar -x --keep-directory-symlink -C \"$2\"");
+        let extract = "dpkg-deb --fsys-tarfile \"$1\" | tar -x --keep-directory-symlink -C \"$2\"";
         run(Command::new("sh")
             .arg("-c")
             .arg(extract)
