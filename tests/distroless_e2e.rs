@@ -687,3 +687,72 @@ fn real_debs_patch_matches_oracle() {
         }
     }
 }
+
+/// Builds an Ubuntu-style root: `os-release` of Ubuntu 22.04, a dpkg `status` file, and
+/// a deb822 `ubuntu.sources` whose `Signed-By` keyring is inside the image.
+fn ubuntu_rootfs(root: &Path, deb: &Path, repo: &SignedRepo, suite: &str) {
+    fs_err::create_dir_all(root.join("etc/apt/sources.list.d")).unwrap();
+    fs_err::write(
+        root.join("etc/os-release"),
+        "PRETTY_NAME=\"Ubuntu 22.04.5 LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\n\
+         ID_LIKE=debian\nVERSION_CODENAME=jammy\n",
+    )
+    .unwrap();
+    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(root));
+    fs_err::create_dir_all(root.join("usr/share/keyrings")).unwrap();
+    fs_err::copy(
+        &repo.keyring,
+        root.join("usr/share/keyrings/test-archive-keyring.gpg"),
+    )
+    .unwrap();
+    fs_err::write(
+        root.join("etc/apt/sources.list.d/ubuntu.sources"),
+        format!(
+            "Types: deb\nURIs: file://{}\nSuites: {suite}\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/test-archive-keyring.gpg\n",
+            repo.dir.path().join("repo").display()
+        ),
+    )
+    .unwrap();
+    let control = run(Command::new("dpkg-deb").arg("-f").arg(deb));
+    let control = String::from_utf8(control.stdout).unwrap();
+    let stanza = control.replacen("Version:", "Status: install ok installed\nVersion:", 1);
+    fs_err::create_dir_all(root.join("var/lib/dpkg")).unwrap();
+    fs_err::write(root.join("var/lib/dpkg/status"), format!("{stanza}\n")).unwrap();
+}
+
+#[test]
+fn ubuntu_image_uses_its_deb822_sources() {
+    let demo = demo_packages();
+    let repo = SignedRepo::new();
+    repo.publish("jammy-updates", &[&demo.v2]);
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("rootfs");
+    ubuntu_rootfs(&root, &demo.v1, &repo, "jammy-updates");
+    let layout = work.path().join("layout");
+    write_layout(&root, &layout);
+    let registry = Registry::start();
+    push_layout(
+        &layout,
+        LAYOUT_TAG,
+        &registry,
+        "ubuntu:jammy",
+        ManifestFormat::Oci,
+    );
+
+    let outcome = layermend(&["patch", "-i", &registry.image("ubuntu:jammy")]);
+    assert_eq!(outcome.code, 0, "{outcome}");
+    assert!(
+        outcome.stdout.contains("1 package(s) updated: demo"),
+        "{outcome}"
+    );
+    let bundle = tempfile::tempdir().unwrap();
+    umoci_unpack(&registry, "ubuntu:jammy-patched", &bundle.path().join("b"));
+    let status =
+        fs_err::read_to_string(bundle.path().join("b/rootfs/var/lib/dpkg/status")).unwrap();
+    assert!(status.contains("Version: 2.0\n"), "{status}");
+    assert!(
+        status.contains("Status: install ok installed\n"),
+        "{status}"
+    );
+}
