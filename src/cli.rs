@@ -56,9 +56,11 @@ pub struct PatchArgs {
     #[arg(short, long, value_name = "IMAGE")]
     pub image: String,
 
-    /// The Trivy JSON report of the image's vulnerabilities.
+    /// The Trivy JSON report of the image's vulnerabilities. Without it, every installed
+    /// package with a newer version in the repositories is updated, as `apt-get upgrade`
+    /// would: upgrades that need a package the image lacks are kept back.
     #[arg(short, long, value_name = "FILE")]
-    pub report: PathBuf,
+    pub report: Option<PathBuf>,
 
     /// The tag of the patched image: a bare tag in the source repository, or a full
     /// `[registry/]repo:tag` elsewhere. Required when the image is given by digest only.
@@ -100,6 +102,18 @@ pub struct PatchArgs {
     /// URL of a local mirror. Repeatable.
     #[arg(long = "repo-mirror", value_name = "FROM=TO")]
     pub repo_mirrors: Vec<String>,
+
+    /// A repository to take updates from instead of the image's apt sources, as a
+    /// one-line apt source: `deb [signed-by=FILE] URL SUITE COMPONENT…`, where FILE is a
+    /// keyring on this host. Repeatable. Needed for images without apt sources, such as
+    /// distroless ones.
+    #[arg(long = "apt-source", value_name = "LINE")]
+    pub apt_sources: Vec<String>,
+
+    /// A keyring file on this host (binary `.gpg` or armored `.asc`) trusted for every
+    /// repository. Repeatable.
+    #[arg(long = "keyring", value_name = "FILE")]
+    pub keyrings: Vec<PathBuf>,
 
     /// The output format of the result.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]

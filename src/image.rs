@@ -175,6 +175,63 @@ pub fn append_layer_to_manifest(
     Ok(to_bytes(&root))
 }
 
+/// Removes the last layer from an image config: its `diff_id`, which must be `diff_id`,
+/// the last history entry that is not `empty_layer`, and the `labels` given.
+pub fn remove_top_layer_from_config(
+    config: &[u8],
+    diff_id: &Digest,
+    labels: &[String],
+) -> Result<Vec<u8>, ImageError> {
+    const DOC: &str = "config";
+    let mut root = parse_object(config, DOC)?;
+
+    let rootfs = object_field(&mut root, "rootfs", DOC)?;
+    let diff_ids = array_field(rootfs, "diff_ids", DOC)?;
+    if diff_ids.last().and_then(Value::as_str) != Some(diff_id.as_str()) {
+        return Err(ImageError::Invalid {
+            document: DOC,
+            reason: format!("the last diff_id is not {diff_id}"),
+        });
+    }
+    diff_ids.pop();
+
+    let history = array_field(&mut root, "history", DOC)?;
+    let layer_entry = history.iter().rposition(|entry| {
+        !entry
+            .get("empty_layer")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    });
+    if let Some(position) = layer_entry {
+        history.remove(position);
+    }
+
+    if let Some(existing) = root
+        .get_mut("config")
+        .and_then(|c| c.get_mut("Labels"))
+        .and_then(Value::as_object_mut)
+    {
+        for label in labels {
+            existing.remove(label);
+        }
+    }
+    Ok(to_bytes(&root))
+}
+
+/// Removes the last layer descriptor from an image manifest. The config descriptor is
+/// left for [`append_layer_to_manifest`] to replace.
+pub fn remove_top_layer_from_manifest(manifest: &[u8]) -> Result<Vec<u8>, ImageError> {
+    const DOC: &str = "manifest";
+    let mut root = parse_object(manifest, DOC)?;
+    if array_field(&mut root, "layers", DOC)?.pop().is_none() {
+        return Err(ImageError::Invalid {
+            document: DOC,
+            reason: "the manifest has no layers".into(),
+        });
+    }
+    Ok(to_bytes(&root))
+}
+
 /// A record of one layermend patch, stored in the [`PATCH_LABEL`] config label.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatchRecord {
@@ -495,5 +552,39 @@ mod tests {
         let config =
             append_layer_to_config(CONFIG.as_bytes(), &digest('2'), &history(), &broken).unwrap();
         assert!(read_patch_record(&config).is_err());
+    }
+
+    #[test]
+    fn top_layer_removal_undoes_append() {
+        let labels = vec![(PATCH_LABEL.to_owned(), "{}".to_owned())];
+        let config =
+            append_layer_to_config(CONFIG.as_bytes(), &digest('2'), &history(), &labels).unwrap();
+        let removed =
+            remove_top_layer_from_config(&config, &digest('2'), &[PATCH_LABEL.into()]).unwrap();
+        let original: Value = serde_json::from_str(CONFIG).unwrap();
+        let value: Value = serde_json::from_slice(&removed).unwrap();
+        assert_eq!(value, original);
+
+        let wrong = remove_top_layer_from_config(&config, &digest('3'), &[]);
+        assert!(matches!(wrong, Err(ImageError::Invalid { .. })));
+
+        let manifest = format!(
+            r#"{{"schemaVersion": 2, "mediaType": "{OCI_MANIFEST}",
+               "config": {{"mediaType": "{OCI_CONFIG}", "digest": "{}", "size": 10}},
+               "layers": [{{"mediaType": "{OCI_LAYER_GZIP}", "digest": "{}", "size": 5}}]}}"#,
+            digest('a'),
+            digest('b')
+        );
+        let appended = append_layer_to_manifest(
+            manifest.as_bytes(),
+            (&digest('c'), 1),
+            (&digest('d'), 1),
+            &[],
+        )
+        .unwrap();
+        let removed = remove_top_layer_from_manifest(&appended).unwrap();
+        let value: Value = serde_json::from_slice(&removed).unwrap();
+        assert_eq!(value["layers"].as_array().unwrap().len(), 1);
+        assert_eq!(value["layers"][0]["digest"], digest('b').as_str());
     }
 }

@@ -116,5 +116,7 @@ fn settings_from_args(args: PatchArgs) -> anyhow::Result<PatchSettings> {
         ca_files,
         repo_mirrors,
         work_dir: args.work_dir,
+        apt_sources: args.apt_sources,
+        keyrings: args.keyrings,
     })
 }

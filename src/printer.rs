@@ -62,6 +62,15 @@ pub fn print_outcome_text(outcome: &PatchOutcome, quiet: bool) -> io::Result<()>
                 update.name, from, update.new_version, cves
             )?;
         }
+        if !outcome.updates.is_empty() {
+            let names: Vec<&str> = outcome.updates.iter().map(|u| u.name.as_str()).collect();
+            writeln!(
+                out,
+                "{} package(s) updated: {}",
+                outcome.updates.len(),
+                names.join(", ")
+            )?;
+        }
         for scripts in &outcome.scripts_not_run {
             let mut names = scripts.scripts.clone();
             names.extend(scripts.triggers.iter().map(|t| format!("trigger {t}")));

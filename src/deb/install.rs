@@ -164,7 +164,77 @@ impl<'a> Planner<'a> {
                 planner.set_list(info_name, paths);
             }
         }
+        planner.load_status_dir_lists();
         Ok(planner)
+    }
+
+    /// Takes the file lists of a `status.d/` database, which has no `.list` files, from
+    /// its `NAME.md5sums` files. They name regular files only, so dropped directories and
+    /// symlinks of such packages stay in the image.
+    fn load_status_dir_lists(&mut self) {
+        let StatusStore::Directory(dir) = &self.status else {
+            return;
+        };
+        let mut lists = Vec::new();
+        for (file, package) in dir.entries() {
+            let Some(md5sums) = dir.md5sums(file) else {
+                continue;
+            };
+            let info_name =
+                self.info_name(&package.name, &package.arch, package.is_multi_arch_same());
+            if self.lists.contains_key(&info_name) {
+                continue;
+            }
+            let paths: Vec<String> = String::from_utf8_lossy(md5sums)
+                .lines()
+                .filter_map(|line| {
+                    line.split_once("  ")
+                        .map(|(_, path)| format!("/{}", normalize(path)))
+                })
+                .collect();
+            lists.push((info_name, paths));
+        }
+        for (info_name, paths) in lists {
+            self.set_list(&info_name, paths);
+        }
+    }
+
+    /// Returns the conffiles the status database records for `old`. A `status.d/` stanza
+    /// is a bare control file without `Conffiles`, so there the MD5s of the package's
+    /// conffiles come from its `NAME.md5sums` file.
+    fn recorded_conffiles(
+        &self,
+        old: &InstalledPackage,
+        new_conffiles: &[(String, Vec<String>)],
+    ) -> Vec<Conffile> {
+        let StatusStore::Directory(dir) = &self.status else {
+            return old.conffiles.clone();
+        };
+        if !old.conffiles.is_empty() {
+            return old.conffiles.clone();
+        }
+        let Some(md5sums) = dir
+            .file_of(&old.name, &old.arch)
+            .and_then(|file| dir.md5sums(file))
+        else {
+            return Vec::new();
+        };
+        let text = String::from_utf8_lossy(md5sums);
+        new_conffiles
+            .iter()
+            .filter_map(|(path, _)| {
+                let md5 = text.lines().find_map(|line| {
+                    let (md5, listed) = line.split_once("  ")?;
+                    (format!("/{}", normalize(listed)) == *path).then(|| md5.to_owned())
+                })?;
+                Some(Conffile {
+                    path: path.clone(),
+                    md5,
+                    obsolete: false,
+                    remove_on_upgrade: false,
+                })
+            })
+            .collect()
     }
 
     fn set_list(&mut self, info_name: &str, paths: Vec<String>) {
@@ -250,11 +320,12 @@ impl<'a> Planner<'a> {
                 .map(|m| m.data.as_slice())
                 .unwrap_or_default(),
         );
-        let old_conffiles: BTreeMap<&str, &Conffile> = old
-            .iter()
-            .flat_map(|old| &old.conffiles)
-            .map(|c| (c.path.as_str(), c))
-            .collect();
+        let recorded = old
+            .as_ref()
+            .map(|old| self.recorded_conffiles(old, &new_conffiles))
+            .unwrap_or_default();
+        let old_conffiles: BTreeMap<&str, &Conffile> =
+            recorded.iter().map(|c| (c.path.as_str(), c)).collect();
 
         let unpacked = self.unpack(&deb, &new_conffiles, &old_conffiles, &mut report)?;
 
@@ -320,7 +391,14 @@ impl<'a> Planner<'a> {
         }
 
         let stanza = installed_stanza(deb.control(), "install ok installed", &conffiles);
-        report.stanza = Some(self.status.put(&stanza)?);
+        let location = self.status.put(&stanza)?;
+        if let (StanzaLocation::StatusDir(file), StatusStore::Directory(dir)) =
+            (&location, &mut self.status)
+            && dir.wants_md5sums(file)
+        {
+            dir.put_md5sums(file, md5sums_member(&deb, &unpacked.md5sums));
+        }
+        report.stanza = Some(location);
 
         for script in ["preinst", "postinst"] {
             if deb.member(script).is_some() {
@@ -561,13 +639,8 @@ impl<'a> Planner<'a> {
         }
         let md5sums_path = format!("{info_dir}/{info_name}.md5sums");
         if !written.contains(&md5sums_path) {
-            // dpkg generates the file from the unpacked content when a package ships none.
-            let text: String = md5sums
-                .iter()
-                .map(|(path, md5)| format!("{md5}  {path}\n"))
-                .collect();
             self.layer
-                .add_bytes(&md5sums_path, generated, text.into_bytes());
+                .add_bytes(&md5sums_path, generated, md5sums_member(deb, md5sums));
             written.insert(md5sums_path);
         }
         let list_path = format!("{info_dir}/{info_name}.list");
@@ -652,6 +725,19 @@ fn conffile_action(current: &Current, old_md5: Option<&str>, new_md5: &str) -> C
         (_, Some(old)) if old == new_md5 => ConffileAction::KeepCurrent,
         _ => ConffileAction::KeepCurrentWriteDist,
     }
+}
+
+/// Returns the package's `md5sums` member, or the text dpkg generates from the unpacked
+/// regular files when the package ships none.
+fn md5sums_member(deb: &DebFile, unpacked: &[(String, String)]) -> Vec<u8> {
+    if let Some(member) = deb.member("md5sums") {
+        return member.data.clone();
+    }
+    unpacked
+        .iter()
+        .map(|(path, md5)| format!("{md5}  {path}\n"))
+        .collect::<String>()
+        .into_bytes()
 }
 
 /// Parses a `conffiles` control member: one path per line, optionally preceded by flags
@@ -1002,6 +1088,299 @@ mod tests {
                 ours.0
             );
             assert_eq!(ours, theirs, "kind and mode of {}", ours.0);
+        }
+    }
+
+    /// Writes `deb`'s files and a distroless-style `status.d/FILE` (the control file) and
+    /// `status.d/FILE.md5sums` (every regular file) into `root`.
+    fn distroless_install(root: &Path, deb: &Path, file: &str) {
+        let status = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb)
+            .arg(root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let control = Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(deb)
+            .output()
+            .unwrap();
+        let dir = root.join("var/lib/dpkg/status.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(file), control.stdout).unwrap();
+        let listing = Command::new("dpkg-deb")
+            .arg("-c")
+            .arg(deb)
+            .output()
+            .unwrap();
+        let mut md5sums = String::new();
+        for line in String::from_utf8(listing.stdout).unwrap().lines() {
+            if !line.starts_with('-') {
+                continue;
+            }
+            let path = line
+                .split_whitespace()
+                .nth(5)
+                .unwrap()
+                .trim_start_matches("./");
+            let data = std::fs::read(root.join(path)).unwrap();
+            md5sums.push_str(&format!("{}  {path}\n", hex::encode(Md5::digest(&data))));
+        }
+        std::fs::write(dir.join(format!("{file}.md5sums")), md5sums).unwrap();
+    }
+
+    fn plain_root(root: &Path, dpkg_db: bool) {
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        if dpkg_db {
+            std::fs::create_dir_all(root.join("var/lib/dpkg/info")).unwrap();
+            std::fs::create_dir_all(root.join("var/lib/dpkg/updates")).unwrap();
+            std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn status_dir_upgrade_matches_dpkg() {
+        let work = tempfile::tempdir().unwrap();
+        let v1 = tpkg(work.path(), "1.0", &[("usr/share/doc/tpkg/OLD", "old\n")]);
+        let v2 = tpkg(work.path(), "2.0", &[("usr/share/doc/tpkg/NEW", "new\n")]);
+
+        let ours = work.path().join("ours");
+        plain_root(&ours, false);
+        distroless_install(&ours, &v1, "tpkg1");
+        let other = "Package: other\nVersion: 1\nArchitecture: all\nMaintainer: T <t@example.org>\nDescription: x\n";
+        std::fs::write(ours.join("var/lib/dpkg/status.d/other"), other).unwrap();
+        let index = snapshot(&ours);
+
+        let theirs = work.path().join("theirs");
+        plain_root(&theirs, true);
+        dpkg_install(&theirs, &[&v1]);
+        dpkg_install(&theirs, &[&v2]);
+
+        let request = PackageToInstall {
+            deb_path: v2.clone(),
+            name: "tpkg".into(),
+            arch: "amd64".into(),
+            new: false,
+        };
+        let (layer, report) = plan_layer(&index, &[request], InstallOptions { mtime: 0 }).unwrap();
+        assert_eq!(
+            report.packages[0].stanza,
+            Some(StanzaLocation::StatusDir("tpkg1".into()))
+        );
+        let layer_paths: Vec<&str> = layer.entries().map(|(path, _)| path).collect();
+        assert!(
+            !layer_paths
+                .iter()
+                .any(|p| p.starts_with("var/lib/dpkg/info"))
+        );
+        assert!(!layer_paths.contains(&"var/lib/dpkg/status"));
+        assert!(!layer_paths.contains(&"var/lib/dpkg/status.d/other"));
+        assert!(layer_paths.contains(&"var/lib/dpkg/status.d/tpkg1.md5sums"));
+
+        let layer_dir = work.path().join("layer");
+        std::fs::create_dir(&layer_dir).unwrap();
+        let built = layer.finish(&layer_dir).unwrap();
+        apply(&ours, &built.path);
+
+        let outside_dpkg = |root: &Path| -> Vec<(String, String, u32, Vec<u8>)> {
+            tree(root)
+                .into_iter()
+                .filter(|e| !e.0.starts_with("var/lib/dpkg"))
+                .collect()
+        };
+        let ours_tree = outside_dpkg(&ours);
+        let theirs_tree = outside_dpkg(&theirs);
+        let paths = |t: &[(String, String, u32, Vec<u8>)]| -> Vec<String> {
+            t.iter().map(|e| e.0.clone()).collect()
+        };
+        assert_eq!(paths(&ours_tree), paths(&theirs_tree));
+        assert!(!paths(&ours_tree).contains(&"usr/share/doc/tpkg/OLD".to_owned()));
+        assert_eq!(ours_tree, theirs_tree);
+
+        let status_dir = ours.join("var/lib/dpkg/status.d");
+        assert_eq!(
+            std::fs::read_to_string(status_dir.join("other")).unwrap(),
+            other
+        );
+        assert!(!ours.join("var/lib/dpkg/status").exists());
+        assert!(!ours.join("var/lib/dpkg/info").exists());
+        let stanza = std::fs::read_to_string(status_dir.join("tpkg1")).unwrap();
+        let dpkg_status = std::fs::read_to_string(theirs.join("var/lib/dpkg/status")).unwrap();
+        let dpkg_stanza: String = dpkg_status
+            .lines()
+            .filter(|line| !line.starts_with("Status:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_eq!(
+            stanza.trim_end(),
+            dpkg_stanza.trim_end(),
+            "stanza without Status"
+        );
+        let md5sums = std::fs::read_to_string(status_dir.join("tpkg1.md5sums")).unwrap();
+        let dpkg_md5sums =
+            std::fs::read_to_string(theirs.join("var/lib/dpkg/info/tpkg.md5sums")).unwrap();
+        assert_eq!(md5sums, dpkg_md5sums);
+    }
+
+    /// (path, kind, mode, content or link target) of one entry of [`tree`].
+    type TreeEntry = (String, String, u32, Vec<u8>);
+
+    /// Installs `old` with real dpkg, runs `prepare` on the root, then installs `new`
+    /// once with dpkg and once through [`plan_layer`], and compares the two trees.
+    fn compare_upgrade(
+        work: &Path,
+        old: &[&Path],
+        new: &[(&Path, &str, &str)],
+        prepare: impl Fn(&Path),
+    ) -> (Vec<TreeEntry>, LayerBuilder) {
+        let ours = work.join("ours");
+        let theirs = work.join("theirs");
+        plain_root(&ours, true);
+        prepare(&ours);
+        dpkg_install(&ours, old);
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(&ours)
+            .arg(&theirs)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let index = snapshot(&ours);
+        let debs: Vec<&Path> = new.iter().map(|(deb, _, _)| *deb).collect();
+        dpkg_install(&theirs, &debs);
+
+        let requests: Vec<PackageToInstall> = new
+            .iter()
+            .map(|(deb, name, arch)| PackageToInstall {
+                deb_path: deb.to_path_buf(),
+                name: (*name).into(),
+                arch: (*arch).into(),
+                new: false,
+            })
+            .collect();
+        let (layer, _) = plan_layer(&index, &requests, InstallOptions { mtime: 0 }).unwrap();
+        let kept = layer_copy(&layer);
+        let layer_dir = work.join("layer");
+        std::fs::create_dir(&layer_dir).unwrap();
+        let built = layer.finish(&layer_dir).unwrap();
+        apply(&ours, &built.path);
+        let ours_tree = tree(&ours);
+        let theirs_tree = tree(&theirs);
+        let paths = |t: &[(String, String, u32, Vec<u8>)]| -> Vec<String> {
+            t.iter().map(|e| e.0.clone()).collect()
+        };
+        assert_eq!(paths(&ours_tree), paths(&theirs_tree));
+        for (ours, theirs) in ours_tree.iter().zip(&theirs_tree) {
+            assert_eq!(
+                String::from_utf8_lossy(&ours.3),
+                String::from_utf8_lossy(&theirs.3),
+                "content of {}",
+                ours.0
+            );
+            assert_eq!(ours, theirs, "kind and mode of {}", ours.0);
+        }
+        (theirs_tree, kept)
+    }
+
+    /// The entry paths of a layer, kept as a builder for lookups after `finish`.
+    fn layer_copy(layer: &LayerBuilder) -> LayerBuilder {
+        let mut copy = LayerBuilder::new(0);
+        for (path, entry) in layer.entries() {
+            if entry.content == crate::layer::EntryContent::Whiteout {
+                copy.add_whiteout(path, 0);
+            } else {
+                copy.add_dir(path, entry.meta);
+            }
+        }
+        copy
+    }
+
+    #[test]
+    fn diverted_file_written_where_dpkg_writes() {
+        let work = tempfile::tempdir().unwrap();
+        let v1 = tpkg(work.path(), "1.0", &[]);
+        let v2 = tpkg(
+            work.path(),
+            "2.0",
+            &[("usr/share/doc/tpkg/README", "doc 2\n")],
+        );
+        let (theirs, layer) =
+            compare_upgrade(work.path(), &[&v1], &[(&v2, "tpkg", "amd64")], |root| {
+                let status = Command::new("dpkg-divert")
+                    .arg(format!("--root={}", root.display()))
+                    .args([
+                        "--local",
+                        "--divert",
+                        "/usr/share/doc/tpkg/README.distrib",
+                        "--add",
+                        "/usr/share/doc/tpkg/README",
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(status.status.success(), "{status:?}");
+            });
+        assert!(layer.get("usr/share/doc/tpkg/README.distrib").is_some());
+        assert!(layer.get("usr/share/doc/tpkg/README").is_none());
+        assert!(
+            theirs
+                .iter()
+                .any(|e| e.0 == "usr/share/doc/tpkg/README.distrib")
+        );
+    }
+
+    fn multi_arch_deb(dir: &Path, arch: &str, version: &str) -> PathBuf {
+        let triplet = if arch == "amd64" {
+            "x86_64-linux-gnu"
+        } else {
+            "i386-linux-gnu"
+        };
+        let control = format!(
+            "Package: mlib\nVersion: {version}\nArchitecture: {arch}\nMulti-Arch: same\n\
+             Maintainer: T <t@example.org>\nDescription: multi-arch library\n"
+        );
+        let library = format!("usr/lib/{triplet}/libm.so");
+        let readme = format!("shared {version}\n");
+        build_deb(
+            dir,
+            &format!("mlib-{arch}-{version}"),
+            &[
+                ("DEBIAN/control", control.as_str()),
+                (library.as_str(), version),
+                ("usr/share/doc/mlib/README", readme.as_str()),
+            ],
+            "gzip",
+        )
+    }
+
+    #[test]
+    fn multi_arch_same_pair_matches_dpkg() {
+        let work = tempfile::tempdir().unwrap();
+        let old_amd64 = multi_arch_deb(work.path(), "amd64", "1.0");
+        let old_i386 = multi_arch_deb(work.path(), "i386", "1.0");
+        let new_amd64 = multi_arch_deb(work.path(), "amd64", "2.0");
+        let new_i386 = multi_arch_deb(work.path(), "i386", "2.0");
+        let (theirs, _) = compare_upgrade(
+            work.path(),
+            &[&old_amd64, &old_i386],
+            &[(&new_amd64, "mlib", "amd64"), (&new_i386, "mlib", "i386")],
+            |root| {
+                let status = Command::new("dpkg")
+                    .arg(format!("--root={}", root.display()))
+                    .args(["--add-architecture", "i386"])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            },
+        );
+        for expected in [
+            "var/lib/dpkg/info/mlib:amd64.list",
+            "var/lib/dpkg/info/mlib:i386.md5sums",
+        ] {
+            assert!(
+                theirs.iter().any(|e| e.0 == expected),
+                "{expected} compared"
+            );
         }
     }
 

@@ -935,7 +935,7 @@ impl<'a> Resolver<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use url::Url;
 
     use super::*;
@@ -946,7 +946,7 @@ mod tests {
     }
 
     /// Builds an index from stanzas that lack only Filename, Size and SHA256.
-    fn index(stanzas: &[&str]) -> RepoIndex {
+    pub(crate) fn index(stanzas: &[&str]) -> RepoIndex {
         let mut index = RepoIndex::new();
         for stanza in stanzas {
             let text = format!(
@@ -966,7 +966,7 @@ mod tests {
         index
     }
 
-    fn installed(name: &str, ver: &str, fields: &[(&str, &str)]) -> InstalledPackage {
+    pub(crate) fn installed(name: &str, ver: &str, fields: &[(&str, &str)]) -> InstalledPackage {
         let field = |key: &str| {
             let text = fields
                 .iter()

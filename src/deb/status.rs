@@ -5,7 +5,7 @@
 //! except the stanzas replaced or inserted through [`StatusDb::put`]. New stanzas are
 //! formatted as dpkg 1.21 writes them (see [`installed_stanza`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use deb822_lossless::Deb822;
 
@@ -493,13 +493,139 @@ pub enum StanzaLocation {
 pub enum StatusStore {
     /// `var/lib/dpkg/status`.
     File { db: StatusDb, changed: bool },
-    /// `var/lib/dpkg/status.d/NAME`, one stanza per file, keyed by file name.
-    // NOTE: distroless images may also carry `status.d/NAME.md5sums`; those files are
-    // skipped here and not updated.
-    Directory {
-        files: BTreeMap<String, StatusDb>,
-        changed: Vec<String>,
-    },
+    /// `var/lib/dpkg/status.d/`, as distroless images write it.
+    Directory(StatusDir),
+}
+
+/// `var/lib/dpkg/status.d/NAME` files, one stanza each, with the `NAME.md5sums` files
+/// beside them.
+///
+/// Distroless images write a package's control file as its stanza, often without a
+/// `Status` field, under a file name that may differ from the package name (`libssl1`
+/// for `libssl1.1`). A stanza without `Status` counts as `install ok installed`, as
+/// scanners read it, and a replacement stanza keeps that style.
+#[derive(Debug, Clone, Default)]
+pub struct StatusDir {
+    files: BTreeMap<String, StatusDb>,
+    /// `NAME.md5sums` contents by stanza file name.
+    md5sums: BTreeMap<String, Vec<u8>>,
+    /// Stanza file names whose stanza or md5sums changed, in change order.
+    changed: Vec<String>,
+    /// Stanza file names the patch created.
+    added: BTreeSet<String>,
+}
+
+impl StatusDir {
+    /// Returns the file name whose stanza records `name` on `arch`.
+    pub fn file_of(&self, name: &str, arch: &str) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|(_, db)| db.find(name, arch).is_some())
+            .map(|(file, _)| file.as_str())
+    }
+
+    /// Returns the `NAME.md5sums` content beside stanza file `file`.
+    pub fn md5sums(&self, file: &str) -> Option<&[u8]> {
+        self.md5sums.get(file).map(Vec::as_slice)
+    }
+
+    /// Iterates over (stanza file name, package) pairs.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &InstalledPackage)> {
+        self.files
+            .iter()
+            .flat_map(|(file, db)| db.packages().map(move |p| (file.as_str(), p)))
+    }
+
+    /// Whether stanza file `file` gets a `.md5sums` file: when it had one, or, for a
+    /// file the patch adds, when any package of the image has one.
+    pub fn wants_md5sums(&self, file: &str) -> bool {
+        self.md5sums.contains_key(file) || (self.added.contains(file) && !self.md5sums.is_empty())
+    }
+
+    /// Sets the `.md5sums` content beside stanza file `file`.
+    pub fn put_md5sums(&mut self, file: &str, content: Vec<u8>) {
+        self.md5sums.insert(file.to_owned(), content);
+        self.mark_changed(file);
+    }
+
+    fn mark_changed(&mut self, file: &str) {
+        if !self.changed.iter().any(|f| f == file) {
+            self.changed.push(file.to_owned());
+        }
+    }
+
+    fn load(rootfs: &RootfsIndex) -> Result<Option<Self>, StatusError> {
+        let prefix = format!("{STATUS_DIR}/");
+        let mut dir = StatusDir::default();
+        for (path, bytes) in rootfs.contents_under(&prefix) {
+            let name = &path[prefix.len()..];
+            if name.contains('/') {
+                continue;
+            }
+            if let Some(stanza_file) = name.strip_suffix(".md5sums") {
+                dir.md5sums.insert(stanza_file.to_owned(), bytes.to_vec());
+                continue;
+            }
+            let mut db = StatusDb::parse(bytes, path)?;
+            for stanza in &mut db.stanzas {
+                if !stanza.has_status_field() {
+                    stanza.package.status = StatusTriple::parse("install ok installed");
+                }
+            }
+            dir.files.insert(name.to_owned(), db);
+        }
+        if dir.files.is_empty() && rootfs.get(STATUS_DIR).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(dir))
+    }
+
+    fn put(&mut self, text: &str) -> Result<String, StatusError> {
+        let package = parse_single(text)?;
+        let existing = self.files.iter().find_map(|(file, db)| {
+            let index = db.position(&package.name, &package.arch)?;
+            Some((file.clone(), db.stanzas[index].has_status_field()))
+        });
+        // A new package follows the image's style: no `Status` when some stanza has none.
+        let (file, keep_status) = existing.unwrap_or_else(|| {
+            let all_have_status = self
+                .files
+                .values()
+                .flat_map(|db| &db.stanzas)
+                .all(Stanza::has_status_field);
+            (package.name.clone(), all_have_status)
+        });
+        let text = if keep_status {
+            text.to_owned()
+        } else {
+            without_status_field(text)
+        };
+        if !self.files.contains_key(&file) {
+            self.added.insert(file.clone());
+        }
+        let db = self.files.entry(file.clone()).or_default();
+        db.put(&text)?;
+        // The in-memory value stays installed even when the file omits `Status`.
+        if let Some(index) = db.position(&package.name, &package.arch) {
+            db.stanzas[index].package.status = package.status;
+        }
+        self.mark_changed(&file);
+        Ok(file)
+    }
+}
+
+/// Removes the `Status:` line of a one-stanza text.
+fn without_status_field(text: &str) -> String {
+    text.lines()
+        .filter(|line| !line.starts_with("Status:"))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+impl Stanza {
+    fn has_status_field(&self) -> bool {
+        self.text.starts_with("Status:") || self.text.contains("\nStatus:")
+    }
 }
 
 impl StatusStore {
@@ -509,30 +635,18 @@ impl StatusStore {
             let db = StatusDb::parse(bytes, STATUS_PATH)?;
             return Ok(StatusStore::File { db, changed: false });
         }
-        let prefix = format!("{STATUS_DIR}/");
-        let mut files = BTreeMap::new();
-        for (path, bytes) in rootfs.contents_under(&prefix) {
-            let name = &path[prefix.len()..];
-            if name.contains('/') || name.ends_with(".md5sums") {
-                continue;
-            }
-            files.insert(name.to_owned(), StatusDb::parse(bytes, path)?);
+        match StatusDir::load(rootfs)? {
+            Some(dir) => Ok(StatusStore::Directory(dir)),
+            None => Err(StatusError::Missing),
         }
-        if files.is_empty() && rootfs.get(STATUS_DIR).is_none() {
-            return Err(StatusError::Missing);
-        }
-        Ok(StatusStore::Directory {
-            files,
-            changed: Vec::new(),
-        })
     }
 
     /// Iterates over every package of the database.
     pub fn packages(&self) -> Box<dyn Iterator<Item = &InstalledPackage> + '_> {
         match self {
             StatusStore::File { db, .. } => Box::new(db.packages()),
-            StatusStore::Directory { files, .. } => {
-                Box::new(files.values().flat_map(StatusDb::packages))
+            StatusStore::Directory(dir) => {
+                Box::new(dir.files.values().flat_map(StatusDb::packages))
             }
         }
     }
@@ -541,13 +655,13 @@ impl StatusStore {
     pub fn find(&self, name: &str, arch: &str) -> Option<&InstalledPackage> {
         match self {
             StatusStore::File { db, .. } => db.find(name, arch),
-            StatusStore::Directory { files, .. } => {
-                files.values().find_map(|db| db.find(name, arch))
-            }
+            StatusStore::Directory(dir) => dir.files.values().find_map(|db| db.find(name, arch)),
         }
     }
 
-    /// Replaces or adds a package's stanza and returns where it was written.
+    /// Replaces or adds a package's stanza and returns where it was written. In the
+    /// directory layout the stanza goes to the file that held the package, else to a new
+    /// file named after the package.
     pub fn put(&mut self, text: &str) -> Result<StanzaLocation, StatusError> {
         match self {
             StatusStore::File { db, changed } => {
@@ -555,19 +669,7 @@ impl StatusStore {
                 *changed = true;
                 Ok(StanzaLocation::StatusFile)
             }
-            StatusStore::Directory { files, changed } => {
-                let package = parse_single(text)?;
-                let existing = files
-                    .iter()
-                    .find(|(_, db)| db.find(&package.name, &package.arch).is_some())
-                    .map(|(file, _)| file.clone());
-                let file = existing.unwrap_or_else(|| package.name.clone());
-                files.entry(file.clone()).or_default().put(text)?;
-                if !changed.contains(&file) {
-                    changed.push(file.clone());
-                }
-                Ok(StanzaLocation::StatusDir(file))
-            }
+            StatusStore::Directory(dir) => Ok(StanzaLocation::StatusDir(dir.put(text)?)),
         }
     }
 
@@ -581,10 +683,18 @@ impl StatusStore {
                     Vec::new()
                 }
             }
-            StatusStore::Directory { files, changed } => changed
-                .iter()
-                .map(|file| (format!("{STATUS_DIR}/{file}"), files[file].to_bytes()))
-                .collect(),
+            StatusStore::Directory(dir) => {
+                let mut out = Vec::new();
+                for file in &dir.changed {
+                    if let Some(db) = dir.files.get(file) {
+                        out.push((format!("{STATUS_DIR}/{file}"), db.to_bytes()));
+                    }
+                    if let Some(md5sums) = dir.md5sums.get(file) {
+                        out.push((format!("{STATUS_DIR}/{file}.md5sums"), md5sums.clone()));
+                    }
+                }
+                out
+            }
         }
     }
 }
@@ -662,5 +772,89 @@ mod tests {
             "a (<= 1), b (>= 1), c (= 2), d (>= 1:2)"
         );
         assert_eq!(normalize_version("0:1.0-0"), "1.0-0");
+    }
+
+    fn status_dir_of(files: &[(&str, &str)]) -> StatusStore {
+        let mut rootfs = RootfsIndex::default();
+        let info = crate::rootfs::FileInfo {
+            kind: crate::rootfs::FileKind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: 0,
+            md5: None,
+        };
+        for (name, text) in files {
+            let path = format!("{STATUS_DIR}/{name}");
+            rootfs.insert(&path, info.clone(), Some(text.as_bytes().to_vec()));
+        }
+        StatusStore::load(&rootfs).unwrap()
+    }
+
+    #[test]
+    fn status_dir_updates_file_in_place() {
+        let mut store = status_dir_of(&[
+            (
+                "libssl1",
+                "Package: libssl1.1\nVersion: 1.1\nArchitecture: amd64\n",
+            ),
+            ("libssl1.md5sums", "00  usr/lib/libssl.so.1.1\n"),
+            (
+                "base",
+                "Package: base-files\nStatus: install ok installed\nVersion: 12\n",
+            ),
+        ]);
+        let ssl = store.find("libssl1.1", "amd64").unwrap();
+        assert_eq!(
+            ssl.status.status, "installed",
+            "no Status reads as installed"
+        );
+
+        let location = store
+            .put("Package: libssl1.1\nStatus: install ok installed\nVersion: 1.2\nArchitecture: amd64\n")
+            .unwrap();
+        assert_eq!(location, StanzaLocation::StatusDir("libssl1".into()));
+        let StatusStore::Directory(dir) = &mut store else {
+            panic!("directory layout expected");
+        };
+        assert!(dir.wants_md5sums("libssl1"));
+        dir.put_md5sums("libssl1", b"11  usr/lib/libssl.so.1.1\n".to_vec());
+        let changed = store.changed_files();
+        assert_eq!(
+            changed,
+            [
+                (
+                    format!("{STATUS_DIR}/libssl1"),
+                    b"Package: libssl1.1\nVersion: 1.2\nArchitecture: amd64\n".to_vec()
+                ),
+                (
+                    format!("{STATUS_DIR}/libssl1.md5sums"),
+                    b"11  usr/lib/libssl.so.1.1\n".to_vec()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn status_dir_adds_new_package_file() {
+        let mut store = status_dir_of(&[
+            (
+                "base",
+                "Package: base-files\nStatus: install ok installed\nVersion: 12\n",
+            ),
+            ("base.md5sums", "00  etc/issue\n"),
+        ]);
+        let location = store
+            .put("Package: libnew\nStatus: install ok installed\nVersion: 1\nArchitecture: amd64\n")
+            .unwrap();
+        assert_eq!(location, StanzaLocation::StatusDir("libnew".into()));
+        let StatusStore::Directory(dir) = &store else {
+            panic!("directory layout expected");
+        };
+        assert!(dir.wants_md5sums("libnew"), "the image has md5sums files");
+        let changed = store.changed_files();
+        assert_eq!(changed.len(), 1);
+        assert!(String::from_utf8_lossy(&changed[0].1).contains("Status: install ok installed"));
     }
 }

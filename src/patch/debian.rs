@@ -20,6 +20,7 @@ use crate::deb::resolve::{
 };
 use crate::deb::sources::{self, AptSource, SourcesError};
 use crate::deb::status::{StatusError, StatusStore};
+use crate::image::PatchedPackage;
 use crate::layer::{BuiltLayer, LayerError};
 use crate::report::Report;
 use crate::rootfs::{FileKind, RootfsIndex};
@@ -30,7 +31,13 @@ const PARALLEL_DOWNLOADS: usize = 4;
 /// What the Debian patch reads.
 pub struct DebianInputs<'a> {
     pub rootfs: &'a RootfsIndex,
-    pub report: &'a Report,
+    /// The image without its earlier layermend patch layer, when it has one: the new
+    /// layer replaces that one, so it is planned against this view.
+    pub base_rootfs: Option<&'a RootfsIndex>,
+    /// The packages the earlier patch layer updated; they stay updated.
+    pub previous: &'a [PatchedPackage],
+    /// The scanner report; `None` updates every package with a newer version.
+    pub report: Option<&'a Report>,
     pub settings: &'a PatchSettings,
     pub work_dir: &'a Path,
     /// The image config's `architecture`, used when the dpkg database names none.
@@ -67,9 +74,27 @@ pub enum DebianError {
     InvalidFixedVersion { package: String, version: String },
     #[error(
         "the image has no apt sources (/etc/apt/sources.list or /etc/apt/sources.list.d/), \
-         so there is no repository to take updates from"
+         so there is no repository to take updates from\n\
+         hint: name the repositories and their keys, for example \
+         --apt-source 'deb [signed-by=/path/to/archive-keyring.gpg] \
+         http://mirror.example/debian bookworm main' (repeatable), or trust a keyring for \
+         every source with --keyring /path/to/archive-keyring.gpg"
     )]
     NoSources,
+    #[error("invalid --apt-source {line:?}")]
+    AptSource {
+        line: String,
+        #[source]
+        source: SourcesError,
+    },
+    #[error("failed to read keyring {path}")]
+    KeyringFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("keyring {path} contains no OpenPGP public key")]
+    EmptyKeyring { path: PathBuf },
     #[error(transparent)]
     Sources(#[from] SourcesError),
     #[error(transparent)]
@@ -93,12 +118,21 @@ impl DebianError {
     pub fn is_user_error(&self) -> bool {
         matches!(
             self,
-            DebianError::InvalidFixedVersion { .. } | DebianError::NoSources
+            DebianError::InvalidFixedVersion { .. }
+                | DebianError::NoSources
+                | DebianError::AptSource { .. }
+                | DebianError::KeyringFile { .. }
+                | DebianError::EmptyKeyring { .. }
         )
     }
 }
 
-/// Resolves, downloads and unpacks the updates the report asks for into one layer.
+/// Resolves, downloads and unpacks the updates the report asks for, or every available
+/// upgrade without a report, into one layer.
+///
+/// With `base_rootfs`, the layer replaces the earlier patch layer: when the current image
+/// needs nothing new the result has no layer, else the earlier and the new updates are
+/// planned together against the base.
 pub async fn patch_debian(
     inputs: &DebianInputs<'_>,
     reporter: &dyn Reporter,
@@ -107,7 +141,7 @@ pub async fn patch_debian(
     let store = StatusStore::load(rootfs)?;
     let arch = native_arch(rootfs, &store, inputs.platform_arch.as_deref());
     let installed = installed_packages(&store, &arch)?;
-    let requests = requests_from_report(inputs.report)?;
+    let report_requests = inputs.report.map(requests_from_report).transpose()?;
     let mut result = DebianResult {
         layer: None,
         updates: Vec::new(),
@@ -116,38 +150,48 @@ pub async fn patch_debian(
         scripts_not_run: Vec::new(),
         warnings: Vec::new(),
     };
-    if requests.is_empty() {
+    if report_requests.as_ref().is_some_and(Vec::is_empty) {
         return Ok(result);
     }
 
     reporter.event(Event::Phase(Phase::ReadRepositories));
-    let sources = image_sources(rootfs)?;
     let fetcher = Fetcher::new(FetchOptions {
         timeout: inputs.settings.timeout,
         mirrors: inputs.settings.repo_mirrors.clone(),
         ..FetchOptions::default()
     })?;
-    let files = RootfsFiles(rootfs);
-    let indexes = repo::fetch_indexes(
-        &fetcher,
-        &sources,
-        &arch,
-        &files,
-        &Keyring::new(),
-        Utc::now(),
-    )
-    .await?;
+    let fetched = load_repositories(rootfs, inputs.settings, &fetcher, &arch).await?;
+    let mut index = GrowingIndex::new(fetched, &arch, &installed, &report_requests).await?;
 
     reporter.event(Event::Phase(Phase::Resolve));
     let options = ResolveOptions {
         arch: arch.clone(),
         ignore_errors: inputs.settings.ignore_errors,
     };
-    let plan = resolve_with_growing_index(&installed, &requests, &indexes, &options).await?;
-    record_skips_and_failures(&plan, &mut result, reporter);
+    let requests = match &report_requests {
+        Some(requests) => requests.clone(),
+        None => upgrade_requests(&installed, index.packages(), &options),
+    };
+    let mut plan = index.resolve(&installed, &requests, &options).await?;
+    let (target, target_requests) = match inputs.base_rootfs {
+        Some(base) if !plan.installs.is_empty() => {
+            let base_store = StatusStore::load(base)?;
+            let base_installed = installed_packages(&base_store, &arch)?;
+            let new_requests = match &report_requests {
+                Some(requests) => requests.clone(),
+                None => upgrade_requests(&base_installed, index.packages(), &options),
+            };
+            let union = merge_previous(inputs.previous, &base_installed, new_requests);
+            plan = index.resolve(&base_installed, &union, &options).await?;
+            (base, requests)
+        }
+        _ => (rootfs, requests),
+    };
+    record_skips_and_failures(&plan, &target_requests, &mut result, reporter);
     if plan.installs.is_empty() {
         return Ok(result);
     }
+    let rootfs = target;
 
     reporter.event(Event::Phase(Phase::Download));
     let deb_dir = inputs.work_dir.join("debs");
@@ -194,7 +238,10 @@ pub async fn patch_debian(
         Ok::<_, DebianError>((layer, report))
     })?;
 
-    let vulnerabilities = vulnerabilities_by_package(inputs.report);
+    let vulnerabilities = inputs
+        .report
+        .map(vulnerabilities_by_package)
+        .unwrap_or_default();
     for install in &plan.installs {
         result.updates.push(PackageUpdate {
             name: install.name.clone(),
@@ -222,34 +269,82 @@ pub async fn patch_debian(
     Ok(result)
 }
 
-/// Resolves against only the packages the image has or the report names, widening the
-/// index by the names of any dependency it could not satisfy until the plan settles.
-/// A full index of a Debian suite holds about 63,000 packages; the image's closure is
-/// usually a few hundred, so this keeps memory bounded by the image.
-async fn resolve_with_growing_index(
-    installed: &[InstalledPackage],
-    requests: &[Request],
-    indexes: &[repo::FetchedIndex],
-    options: &ResolveOptions,
-) -> Result<Plan, DebianError> {
-    let mut names: HashSet<String> = installed
-        .iter()
-        .map(|p| p.name.clone())
-        .chain(requests.iter().map(|r| r.name.clone()))
-        .collect();
-    loop {
-        let index = repo::scan_indexes(indexes, &options.arch, Some(&names)).await?;
-        let result = resolve::resolve(installed, requests, &index, options);
-        let missing: Vec<String> = match &result {
-            Err(error) => unsatisfied_names(error),
-            Ok(plan) => plan.failures.iter().flat_map(unsatisfied_names).collect(),
-        };
-        let before = names.len();
-        names.extend(missing);
-        if names.len() == before {
-            return Ok(result?);
+/// The repositories' packages, parsed only as far as the image needs them.
+///
+/// A full index of a Debian suite holds about 63,000 packages, while an image's
+/// dependency closure is usually a few hundred. The index starts with the packages the
+/// image has or the report names and grows by the names of any dependency the resolver
+/// could not satisfy, so memory is bounded by the image rather than by the archive.
+struct GrowingIndex {
+    fetched: Vec<repo::FetchedIndex>,
+    arch: String,
+    names: HashSet<String>,
+    packages: repo::RepoIndex,
+}
+
+impl GrowingIndex {
+    async fn new(
+        fetched: Vec<repo::FetchedIndex>,
+        arch: &str,
+        installed: &[InstalledPackage],
+        requests: &Option<Vec<Request>>,
+    ) -> Result<Self, DebianError> {
+        let names: HashSet<String> = installed
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(requests.iter().flatten().map(|r| r.name.clone()))
+            .collect();
+        let packages = repo::scan_indexes(&fetched, arch, Some(&names)).await?;
+        Ok(GrowingIndex {
+            fetched,
+            arch: arch.to_owned(),
+            names,
+            packages,
+        })
+    }
+
+    fn packages(&self) -> &repo::RepoIndex {
+        &self.packages
+    }
+
+    /// Adds `names` to the index, scanning the fetched indexes again when one is new.
+    async fn include(
+        &mut self,
+        names: impl IntoIterator<Item = String>,
+    ) -> Result<bool, DebianError> {
+        let before = self.names.len();
+        self.names.extend(names);
+        if self.names.len() == before {
+            return Ok(false);
         }
-        tracing::debug!(names = names.len(), "widening the package index");
+        tracing::debug!(names = self.names.len(), "widening the package index");
+        self.packages = repo::scan_indexes(&self.fetched, &self.arch, Some(&self.names)).await?;
+        Ok(true)
+    }
+
+    /// Resolves `requests`, widening the index until the plan no longer fails on a
+    /// dependency whose packages were left out.
+    async fn resolve(
+        &mut self,
+        installed: &[InstalledPackage],
+        requests: &[Request],
+        options: &ResolveOptions,
+    ) -> Result<Plan, DebianError> {
+        let wanted = installed
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(requests.iter().map(|r| r.name.clone()));
+        self.include(wanted.collect::<Vec<_>>()).await?;
+        loop {
+            let result = resolve::resolve(installed, requests, &self.packages, options);
+            let missing: Vec<String> = match &result {
+                Err(error) => unsatisfied_names(error),
+                Ok(plan) => plan.failures.iter().flat_map(unsatisfied_names).collect(),
+            };
+            if !self.include(missing).await? {
+                return Ok(result?);
+            }
+        }
     }
 }
 
@@ -262,6 +357,137 @@ fn unsatisfied_names(error: &ResolveError) -> Vec<String> {
         Ok(groups) => groups.into_iter().flatten().map(|r| r.name).collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// Reads the package index of the `--apt-source` repositories, or else of the image's
+/// apt sources, trusting the `--keyring` keys for every source.
+async fn load_repositories(
+    rootfs: &RootfsIndex,
+    settings: &PatchSettings,
+    fetcher: &Fetcher,
+    arch: &str,
+) -> Result<Vec<repo::FetchedIndex>, DebianError> {
+    let mut keyring = Keyring::new();
+    for path in &settings.keyrings {
+        let data = fs_err::read(path).map_err(|source| DebianError::KeyringFile {
+            path: path.clone(),
+            source,
+        })?;
+        if keyring.add_bytes(&path.display().to_string(), &data) == 0 {
+            return Err(DebianError::EmptyKeyring { path: path.clone() });
+        }
+    }
+    let indexes = if settings.apt_sources.is_empty() {
+        let sources = image_sources(rootfs)?;
+        repo::fetch_indexes(
+            fetcher,
+            &sources,
+            arch,
+            &RootfsFiles(rootfs),
+            &keyring,
+            Utc::now(),
+        )
+        .await?
+    } else {
+        let mut sources = Vec::new();
+        for line in &settings.apt_sources {
+            let parsed = sources::parse_source_line(line, "--apt-source").map_err(|source| {
+                DebianError::AptSource {
+                    line: line.clone(),
+                    source,
+                }
+            })?;
+            sources.extend(parsed);
+        }
+        repo::fetch_indexes(fetcher, &sources, arch, &HostFiles, &keyring, Utc::now()).await?
+    };
+    Ok(indexes)
+}
+
+/// One request per installed package that has a newer version, as `apt-get upgrade`
+/// (apt 2.6) chooses them: an upgrade that needs a package the image does not have, or
+/// that cannot be resolved, is kept back. Held packages stay in the list so the plan
+/// reports them as held.
+fn upgrade_requests(
+    installed: &[InstalledPackage],
+    index: &repo::RepoIndex,
+    options: &ResolveOptions,
+) -> Vec<Request> {
+    let strict = ResolveOptions {
+        ignore_errors: false,
+        ..options.clone()
+    };
+    let mut requests: Vec<Request> = Vec::new();
+    for package in installed.iter().filter(|p| p.status_ok) {
+        let lookup_arch = if package.arch == "all" {
+            options.arch.as_str()
+        } else {
+            package.arch.as_str()
+        };
+        let newer = index
+            .candidates(&package.name, lookup_arch)
+            .first()
+            .is_some_and(|c| {
+                packages::compare_versions(&c.entry.version, &package.version).is_gt()
+            });
+        if !newer || requests.iter().any(|r| r.name == package.name) {
+            continue;
+        }
+        let request = Request {
+            name: package.name.clone(),
+            arch: None,
+            fixed: None,
+        };
+        if !package.hold {
+            match resolve::resolve(installed, std::slice::from_ref(&request), index, &strict) {
+                Ok(plan) if plan.installs.iter().all(|i| !i.is_new()) => {}
+                Ok(_) => {
+                    tracing::debug!(package = %package.name, "kept back: the upgrade needs a new package");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(package = %package.name, %error, "kept back");
+                    continue;
+                }
+            }
+        }
+        requests.push(request);
+    }
+    requests
+}
+
+/// Adds the packages of the earlier patch layer, at least at the versions it installed,
+/// to `requests`. Packages the earlier layer added come back through the dependencies
+/// that pulled them in.
+fn merge_previous(
+    previous: &[PatchedPackage],
+    base_installed: &[InstalledPackage],
+    mut requests: Vec<Request>,
+) -> Vec<Request> {
+    for package in previous {
+        if package.from_version.is_empty() || !base_installed.iter().any(|p| p.name == package.name)
+        {
+            continue;
+        }
+        let Ok(version) = packages::parse_version(&package.to_version) else {
+            continue;
+        };
+        match requests.iter_mut().find(|r| r.name == package.name) {
+            Some(existing) => {
+                if let Some(fixed) = &existing.fixed
+                    && packages::compare_versions(&version, fixed).is_gt()
+                {
+                    existing.fixed = Some(version);
+                }
+            }
+            None => requests.push(Request {
+                name: package.name.clone(),
+                arch: None,
+                fixed: Some(version),
+            }),
+        }
+    }
+    requests
 }
 
 /// The image's native dpkg architecture: `var/lib/dpkg/arch`'s first line, else the
@@ -396,8 +622,18 @@ fn image_sources(rootfs: &RootfsIndex) -> Result<Vec<AptSource>, DebianError> {
     Ok(sources)
 }
 
-fn record_skips_and_failures(plan: &Plan, result: &mut DebianResult, reporter: &dyn Reporter) {
+/// Records the plan's skips and failures of `requests`, leaving out those of requests
+/// carried over from an earlier patch.
+fn record_skips_and_failures(
+    plan: &Plan,
+    requests: &[Request],
+    result: &mut DebianResult,
+    reporter: &dyn Reporter,
+) {
     for skipped in &plan.skipped {
+        if !requests.iter().any(|r| r.name == skipped.request.name) {
+            continue;
+        }
         let reason = match &skipped.reason {
             SkipReason::AlreadyFixed { installed } => {
                 format!("installed version {installed} is already fixed")
@@ -440,6 +676,24 @@ fn failure_package(error: &ResolveError) -> String {
     }
 }
 
+/// Gives the apt code read access to the keyrings an `--apt-source` line names on the
+/// host. Sources without `signed-by` trust only the `--keyring` keys, so the host's own
+/// apt keyrings are never listed.
+struct HostFiles;
+
+impl ImageFiles for HostFiles {
+    fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        if path.starts_with("/etc/apt/trusted.gpg") {
+            return Ok(None);
+        }
+        fs_err::read(path).map(Some)
+    }
+
+    fn list(&self, _dir: &Path) -> io::Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+}
+
 /// Gives the apt code read access to keyrings inside the image.
 struct RootfsFiles<'a>(&'a RootfsIndex);
 
@@ -460,5 +714,73 @@ impl ImageFiles for RootfsFiles<'_> {
                 dir.join(name)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deb::resolve::tests::{index, installed};
+
+    fn options() -> ResolveOptions {
+        ResolveOptions {
+            arch: "amd64".to_owned(),
+            ignore_errors: false,
+        }
+    }
+
+    fn names(requests: &[Request]) -> Vec<&str> {
+        requests.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn upgrade_keeps_back_new_dependencies() {
+        let image = [
+            installed("plain", "1.0", &[]),
+            installed("needs-new", "1.0", &[]),
+            installed("held", "1.0", &[("Hold", "")]),
+            installed("current", "2.0", &[]),
+        ];
+        let repo = index(&[
+            "Package: plain\nVersion: 1.1\nArchitecture: amd64",
+            "Package: needs-new\nVersion: 2.0\nArchitecture: amd64\nDepends: brand-new",
+            "Package: brand-new\nVersion: 1.0\nArchitecture: amd64",
+            "Package: held\nVersion: 2.0\nArchitecture: amd64",
+            "Package: current\nVersion: 1.0\nArchitecture: amd64",
+        ]);
+        let requests = upgrade_requests(&image, &repo, &options());
+        assert_eq!(names(&requests), ["plain", "held"]);
+        let plan = resolve::resolve(&image, &requests, &repo, &options()).unwrap();
+        let planned: Vec<&str> = plan.installs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(planned, ["plain"]);
+        assert!(matches!(
+            plan.skipped[0].reason,
+            resolve::SkipReason::Held { .. }
+        ));
+    }
+
+    #[test]
+    fn previous_patch_versions_are_kept() {
+        let base = [installed("a", "1.0", &[]), installed("b", "1.0", &[])];
+        let previous = [
+            PatchedPackage {
+                name: "a".into(),
+                from_version: "1.0".into(),
+                to_version: "1.1".into(),
+            },
+            PatchedPackage {
+                name: "pulled-in".into(),
+                from_version: String::new(),
+                to_version: "1.0".into(),
+            },
+        ];
+        let new = vec![Request {
+            name: "b".into(),
+            arch: None,
+            fixed: Some(packages::parse_version("1.2").unwrap()),
+        }];
+        let merged = merge_previous(&previous, &base, new);
+        assert_eq!(names(&merged), ["b", "a"]);
+        assert_eq!(merged[1].fixed.as_ref().unwrap().to_string(), "1.1");
     }
 }

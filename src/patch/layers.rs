@@ -6,7 +6,7 @@ use tokio_util::io::SyncIoBridge;
 use super::{Event, PatchError, Reporter};
 use crate::reference::Reference;
 use crate::registry::{Descriptor, RegistryClient};
-use crate::rootfs::{self, Compression, LayerScan, RootfsIndex, Selector};
+use crate::rootfs::{self, Compression, LayerScan, Selector};
 
 /// Layers downloaded at the same time. Two keep both cores busy decompressing while a
 /// third transfer waits on the network.
@@ -51,14 +51,14 @@ pub fn patch_selector() -> Selector {
     }
 }
 
-/// Streams every layer once, scanning up to [`PARALLEL_LAYERS`] at a time, and merges
-/// the scans bottom-up.
-pub async fn read_rootfs(
+/// Streams every layer once, scanning up to [`PARALLEL_LAYERS`] at a time, and returns
+/// the scans bottom-up, for [`rootfs::merge_layers`].
+pub async fn read_layers(
     client: &RegistryClient,
     source: &Reference,
     layers: &[Descriptor],
     reporter: &dyn Reporter,
-) -> Result<RootfsIndex, PatchError> {
+) -> Result<Vec<LayerScan>, PatchError> {
     let selector = patch_selector();
     let scans: Vec<LayerScan> = stream::iter(layers.iter().cloned())
         .map(|layer| {
@@ -75,7 +75,7 @@ pub async fn read_rootfs(
         .buffered(PARALLEL_LAYERS)
         .try_collect()
         .await?;
-    Ok(rootfs::merge_layers(scans))
+    Ok(scans)
 }
 
 async fn scan_one(

@@ -15,9 +15,11 @@ use crate::image::{self, HistoryEntry, ImageError, PATCH_LABEL, PatchRecord, Pat
 use crate::osrelease::OsRelease;
 use crate::reference::{self, Reference, ReferenceError};
 use crate::registry::auth::AuthEnv;
-use crate::registry::{InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions};
+use crate::registry::{
+    InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions, ResolvedImage,
+};
 use crate::report::{Report, ReportError};
-use crate::rootfs::ScanError;
+use crate::rootfs::{self, ScanError};
 
 pub use events::{Event, NoReporter, Phase, Reporter};
 pub use outcome::{
@@ -29,8 +31,9 @@ pub use outcome::{
 pub struct PatchSettings {
     /// The source image reference.
     pub image: String,
-    /// The scanner report.
-    pub report: PathBuf,
+    /// The scanner report; `None` updates every installed package that has a newer
+    /// version, as `apt-get upgrade` would.
+    pub report: Option<PathBuf>,
     /// `-t`: a bare tag or a full reference for the result.
     pub tag: Option<String>,
     /// Appended to the source tag as `TAG-SUFFIX` when `tag` is `None`.
@@ -49,6 +52,11 @@ pub struct PatchSettings {
     pub repo_mirrors: Vec<MirrorRewrite>,
     /// Where downloads and the new layer go; `None` for a temporary directory.
     pub work_dir: Option<PathBuf>,
+    /// One-line apt sources (`deb [signed-by=FILE] URI SUITE COMPONENT…`) used instead of
+    /// the image's; `signed-by` files are read on the host.
+    pub apt_sources: Vec<String>,
+    /// Host keyring files trusted for every repository.
+    pub keyrings: Vec<PathBuf>,
 }
 
 /// A patch that failed; [`PatchError::is_user_error`] tells bad input from failures.
@@ -152,7 +160,11 @@ async fn run(
     let source = Reference::parse(&settings.image)?;
     let destination =
         reference::destination(&source, settings.tag.as_deref(), &settings.tag_suffix)?;
-    let report = Report::from_file(&settings.report)?;
+    let report = settings
+        .report
+        .as_deref()
+        .map(Report::from_file)
+        .transpose()?;
     let platform = settings
         .platform
         .as_deref()
@@ -169,9 +181,16 @@ async fn run(
     reporter.event(Event::Phase(Phase::ResolveImage));
     let image = client.resolve_image(&source, platform.as_ref()).await?;
     reporter.event(Event::Phase(Phase::ReadLayers));
-    let rootfs = layers::read_rootfs(&client, &source, &image.layers, reporter).await?;
+    let scans = layers::read_layers(&client, &source, &image.layers, reporter).await?;
+    let earlier = earlier_patch(&image, reporter)?;
+    let base_rootfs = earlier
+        .as_ref()
+        .map(|earlier| rootfs::merge_layers(scans[..earlier.layer_index].iter().cloned()));
+    let rootfs = rootfs::merge_layers(scans);
     let os = OsRelease::from_rootfs(&rootfs).ok_or(PatchError::NoOsRelease)?;
-    check_report_os(&report, &os)?;
+    if let Some(report) = &report {
+        check_report_os(report, &os)?;
+    }
     if !os.is_like("debian") {
         return Err(PatchError::UnsupportedOs {
             os: os.display_name(),
@@ -183,7 +202,11 @@ async fn run(
     let result = debian::patch_debian(
         &debian::DebianInputs {
             rootfs: &rootfs,
-            report: &report,
+            base_rootfs: base_rootfs.as_ref(),
+            previous: earlier
+                .as_ref()
+                .map_or(&[][..], |earlier| &earlier.record.packages),
+            report: report.as_ref(),
             settings,
             work_dir: work.path(),
             platform_arch: image_architecture(&image.config_bytes),
@@ -209,6 +232,12 @@ async fn run(
     };
     let Some(layer) = result.layer else {
         return Ok(outcome);
+    };
+    // The new layer replaces the earlier patch layer: the image to extend is the one
+    // without it.
+    let image = match &earlier {
+        Some(earlier) => without_top_layer(&image, earlier)?,
+        None => image,
     };
 
     let record = PatchRecord {
@@ -271,16 +300,78 @@ async fn run(
     Ok(outcome)
 }
 
-/// Compares the report's OS with the image's. Family must match; the report's version
-/// must start with the image's major version (Trivy writes Debian 12 as `12.8`).
+/// An earlier layermend patch layer at the top of the image.
+struct EarlierPatch {
+    record: PatchRecord,
+    /// The position of the patch layer, which is the last layer.
+    layer_index: usize,
+}
+
+/// Finds the layermend patch record of the image. Only a patch layer that is still the
+/// top layer is replaced; a record whose layer is gone or has layers above it gives a
+/// warning, and the new layer is added on top.
+fn earlier_patch(
+    image: &ResolvedImage,
+    reporter: &dyn Reporter,
+) -> Result<Option<EarlierPatch>, PatchError> {
+    let Some(found) = image::read_patch_record(&image.config_bytes)? else {
+        return Ok(None);
+    };
+    match found.layer_index {
+        Some(index) if index + 1 == image.layers.len() && index > 0 => {
+            tracing::debug!(
+                layer = index,
+                packages = found.record.packages.len(),
+                "replacing the earlier patch layer"
+            );
+            Ok(Some(EarlierPatch {
+                record: found.record,
+                layer_index: index,
+            }))
+        }
+        _ => {
+            reporter.event(Event::Warning(format!(
+                "the image carries a layermend patch record for layer {}, which is not its \
+                 top layer; the new patch layer is added on top",
+                found.record.diff_id
+            )));
+            Ok(None)
+        }
+    }
+}
+
+/// Returns the image without its top layer: manifest, config (diff_id, history entry,
+/// patch label) and layer list.
+fn without_top_layer(
+    image: &ResolvedImage,
+    earlier: &EarlierPatch,
+) -> Result<ResolvedImage, PatchError> {
+    let config = image::remove_top_layer_from_config(
+        &image.config_bytes,
+        &earlier.record.diff_id,
+        &[PATCH_LABEL.to_owned()],
+    )?;
+    let manifest = image::remove_top_layer_from_manifest(&image.manifest.bytes)?;
+    let mut base = image.clone();
+    base.config_bytes = config;
+    base.manifest.bytes = manifest.into();
+    base.layers.truncate(earlier.layer_index);
+    Ok(base)
+}
+
+/// Compares the report's OS with the image's. Family must match. Debian releases are
+/// numbered by major version and Trivy writes Debian 12 as `12.8`, so only the major
+/// versions must match there. An Ubuntu release is `YEAR.MONTH` (Trivy writes `22.04`),
+/// so both parts must match.
 fn check_report_os(report: &Report, os: &OsRelease) -> Result<(), PatchError> {
     let Some(report_os) = &report.os else {
         return Ok(());
     };
     let family_matches = report_os.family == os.id;
-    let image_major = os.version_id.split('.').next().unwrap_or("");
-    let report_major = report_os.version.split('.').next().unwrap_or("");
-    let version_matches = image_major.is_empty() || report_major == image_major;
+    let parts = if os.id == "ubuntu" { 2 } else { 1 };
+    let release = |version: &str| version.split('.').take(parts).collect::<Vec<_>>().join(".");
+    let version_matches =
+        os.version_id.is_empty() || release(&report_os.version) == release(&os.version_id);
     if family_matches && version_matches {
         return Ok(());
     }
@@ -367,5 +458,39 @@ impl WorkDir {
 
     fn path(&self) -> &std::path::Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::ReportOs;
+
+    fn report_for(family: &str, version: &str) -> Report {
+        Report {
+            os: Some(ReportOs {
+                family: family.to_owned(),
+                version: version.to_owned(),
+            }),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn report_os_accepts_trivy_names() {
+        let debian = OsRelease::parse("ID=debian\nVERSION_ID=\"12\"\n");
+        let ubuntu = OsRelease::parse("ID=ubuntu\nID_LIKE=debian\nVERSION_ID=\"22.04\"\n");
+        assert!(check_report_os(&report_for("debian", "12.8"), &debian).is_ok());
+        assert!(check_report_os(&report_for("ubuntu", "22.04"), &ubuntu).is_ok());
+        assert!(ubuntu.is_like("debian"));
+    }
+
+    #[test]
+    fn report_os_rejects_other_release() {
+        let ubuntu = OsRelease::parse("ID=ubuntu\nID_LIKE=debian\nVERSION_ID=\"22.04\"\n");
+        let debian = OsRelease::parse("ID=debian\nVERSION_ID=\"12\"\n");
+        assert!(check_report_os(&report_for("ubuntu", "22.10"), &ubuntu).is_err());
+        assert!(check_report_os(&report_for("debian", "11.9"), &debian).is_err());
+        assert!(check_report_os(&report_for("debian", "12.8"), &ubuntu).is_err());
     }
 }

@@ -102,7 +102,7 @@ pub enum ScanError {
 }
 
 /// What one layer contributes: its entries, whiteouts and opaque directories.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LayerScan {
     entries: Vec<(String, FileInfo, Option<Vec<u8>>)>,
     whiteouts: Vec<String>,
