@@ -269,6 +269,10 @@ mod tests {
         let data = fs_err::read(&path).unwrap();
         let db = InstalledDb::parse(&data).unwrap();
         assert_eq!(db.packages.len(), 59);
-        assert!(db.to_bytes() == data, "round trip of {} differs", path.display());
+        assert!(
+            db.to_bytes() == data,
+            "round trip of {} differs",
+            path.display()
+        );
     }
 }

@@ -36,7 +36,11 @@ pub enum PackageError {
 
 /// Decompresses the gzip member at the start of `data` and returns its content and its
 /// compressed length.
-pub fn read_member(data: &[u8], what: &str, offset: usize) -> Result<(Vec<u8>, usize), PackageError> {
+pub fn read_member(
+    data: &[u8],
+    what: &str,
+    offset: usize,
+) -> Result<(Vec<u8>, usize), PackageError> {
     let mut decoder = flate2::bufread::GzDecoder::new(data);
     let mut out = Vec::new();
     decoder
@@ -111,7 +115,10 @@ pub fn read_tar(segment: &[u8], what: &str) -> Result<Vec<TarEntry>, PackageErro
 
 /// Formats a SHA-1 the way apk writes checksums: `Q1` and standard base64.
 pub fn q1_checksum(sha1: &[u8]) -> String {
-    format!("Q1{}", base64::engine::general_purpose::STANDARD.encode(sha1))
+    format!(
+        "Q1{}",
+        base64::engine::general_purpose::STANDARD.encode(sha1)
+    )
 }
 
 /// Converts a hex SHA-1 (from a PAX record) to the `Q1` form.
@@ -143,7 +150,10 @@ impl ApkPackage {
         let mut signature = None;
         let (mut first, mut used) = read_member(data, what, offset)?;
         let mut entries = read_tar(&first, what)?;
-        if entries.first().is_some_and(|e| e.path.starts_with(".SIGN.")) {
+        if entries
+            .first()
+            .is_some_and(|e| e.path.starts_with(".SIGN."))
+        {
             signature = Some(entries.remove(0));
             offset += used;
             (first, used) = read_member(&data[offset..], what, offset)?;
@@ -216,7 +226,12 @@ mod tests {
         let path = fs_err::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("zlib-"))
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("zlib-")
+            })
             .unwrap();
         let data = fs_err::read(&path).unwrap();
         let package = ApkPackage::read(&data, "zlib").unwrap();
@@ -230,7 +245,11 @@ mod tests {
             .unwrap();
         let sha = hex::encode(Sha1::digest(&library.data));
         assert_eq!(library.sha1_hex.as_deref(), Some(sha.as_str()));
-        let link = package.files.iter().find(|f| f.path == "usr/lib/libz.so.1").unwrap();
+        let link = package
+            .files
+            .iter()
+            .find(|f| f.path == "usr/lib/libz.so.1")
+            .unwrap();
         assert_eq!(link.link_target.as_deref(), Some("libz.so.1.3.2"));
     }
 }

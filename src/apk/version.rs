@@ -235,10 +235,17 @@ mod tests {
 
     #[test]
     fn invalid_versions_are_detected() {
-        for version in ["", "abc", "1.2a3", "1.0_foo", "1.0-1", "1.0~", "1..0", "1.0-r"] {
+        for version in [
+            "", "abc", "1.2a3", "1.0_foo", "1.0-1", "1.0~", "1..0", "1.0-r",
+        ] {
             assert!(!is_valid(version), "{version:?} must be invalid");
         }
-        for version in ["1", "1.2.3a_rc1_p2~abc1-r3", "20260909-r0", "6.5_p20251123-r0"] {
+        for version in [
+            "1",
+            "1.2.3a_rc1_p2~abc1-r3",
+            "20260909-r0",
+            "6.5_p20251123-r0",
+        ] {
             assert!(is_valid(version), "{version:?} must be valid");
         }
     }
@@ -267,7 +274,12 @@ mod tests {
             version.push_str(numbers[rng.next(numbers.len() as u64) as usize]);
         }
         if rng.next(4) == 0 {
-            version.push(["a", "b", "z"][rng.next(3) as usize].chars().next().unwrap());
+            version.push(
+                ["a", "b", "z"][rng.next(3) as usize]
+                    .chars()
+                    .next()
+                    .unwrap(),
+            );
         }
         let suffixes = ["alpha", "beta", "pre", "rc", "cvs", "svn", "git", "hg", "p"];
         for _ in 0..rng.next(3) {
@@ -320,7 +332,10 @@ mod tests {
             writeln!(input, "{a} {b}").unwrap();
         }
         drop(input);
-        let inside = format!("/tmp/{}", work.path().file_name().unwrap().to_string_lossy());
+        let inside = format!(
+            "/tmp/{}",
+            work.path().file_name().unwrap().to_string_lossy()
+        );
         let script = format!(
             "while read -r a b; do r=$(/sbin/apk version -t \"$a\" \"$b\" 2>/dev/null); \
              echo \"${{r:-invalid}}\"; done < {inside}/pairs"
@@ -349,6 +364,11 @@ mod tests {
                 mismatches.push(format!("{a} {b}: apk {real}, ours {ours}"));
             }
         }
-        assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+        assert!(
+            mismatches.is_empty(),
+            "{} mismatches:\n{}",
+            mismatches.len(),
+            mismatches.join("\n")
+        );
     }
 }
