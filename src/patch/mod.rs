@@ -1,5 +1,6 @@
 //! The patch: from a source image and a report to a pushed image with one more layer.
 
+mod alpine;
 mod debian;
 mod events;
 mod layers;
@@ -47,6 +48,8 @@ pub struct PatchSettings {
     pub ca_files: Vec<PathBuf>,
     /// Repository base URL replacements.
     pub repo_mirrors: Vec<MirrorRewrite>,
+    /// Accept apk indexes with a missing, bad or untrusted signature.
+    pub allow_untrusted_repo: bool,
     /// Where downloads and the new layer go; `None` for a temporary directory.
     pub work_dir: Option<PathBuf>,
 }
@@ -80,7 +83,7 @@ pub enum PatchError {
          unknown\nhint: only Debian, Ubuntu and Alpine images can be patched"
     )]
     NoOsRelease,
-    #[error("{os} images are not supported; supported: Debian and Debian-based")]
+    #[error("{os} images are not supported; supported: Debian, Debian-based and Alpine")]
     UnsupportedOs { os: String },
     #[error(
         "the report is for {report_os}, but the image is {image_os}\n\
@@ -89,6 +92,8 @@ pub enum PatchError {
     ReportOsMismatch { report_os: String, image_os: String },
     #[error(transparent)]
     Debian(#[from] debian::DebianError),
+    #[error(transparent)]
+    Alpine(#[from] alpine::AlpineError),
     #[error("failed to use the work directory {path}")]
     WorkDir {
         path: PathBuf,
@@ -124,6 +129,7 @@ impl PatchError {
                     | RegistryError::CaFileEmpty { .. }
             ),
             PatchError::Debian(err) => err.is_user_error(),
+            PatchError::Alpine(err) => err.is_user_error(),
             _ => false,
         }
     }
@@ -172,26 +178,39 @@ async fn run(
     let rootfs = layers::read_rootfs(&client, &source, &image.layers, reporter).await?;
     let os = OsRelease::from_rootfs(&rootfs).ok_or(PatchError::NoOsRelease)?;
     check_report_os(&report, &os)?;
-    if !os.is_like("debian") {
+    let work = WorkDir::new(settings.work_dir.as_deref())?;
+    let created = history_time(&image.config_bytes);
+    let result = if os.is_like("alpine") {
+        alpine::patch_alpine(
+            &alpine::AlpineInputs {
+                rootfs: &rootfs,
+                report: &report,
+                settings,
+                work_dir: work.path(),
+                platform_arch: image_architecture(&image.config_bytes),
+                created_epoch: created.epoch,
+            },
+            reporter,
+        )
+        .await?
+    } else if os.is_like("debian") {
+        debian::patch_debian(
+            &debian::DebianInputs {
+                rootfs: &rootfs,
+                report: &report,
+                settings,
+                work_dir: work.path(),
+                platform_arch: image_architecture(&image.config_bytes),
+                created_epoch: created.epoch,
+            },
+            reporter,
+        )
+        .await?
+    } else {
         return Err(PatchError::UnsupportedOs {
             os: os.display_name(),
         });
-    }
-
-    let work = WorkDir::new(settings.work_dir.as_deref())?;
-    let created = history_time(&image.config_bytes);
-    let result = debian::patch_debian(
-        &debian::DebianInputs {
-            rootfs: &rootfs,
-            report: &report,
-            settings,
-            work_dir: work.path(),
-            platform_arch: image_architecture(&image.config_bytes),
-            created_epoch: created.epoch,
-        },
-        reporter,
-    )
-    .await?;
+    };
 
     let mut outcome = PatchOutcome {
         status: PatchStatus::NothingToPatch,
@@ -272,14 +291,17 @@ async fn run(
 }
 
 /// Compares the report's OS with the image's. Family must match; the report's version
-/// must start with the image's major version (Trivy writes Debian 12 as `12.8`).
+/// must start with the image's major version (Trivy writes Debian 12 as `12.8`), and
+/// for Alpine with its major.minor (Trivy and os-release both write `3.21.0`).
 fn check_report_os(report: &Report, os: &OsRelease) -> Result<(), PatchError> {
     let Some(report_os) = &report.os else {
         return Ok(());
     };
     let family_matches = report_os.family == os.id;
-    let image_major = os.version_id.split('.').next().unwrap_or("");
-    let report_major = report_os.version.split('.').next().unwrap_or("");
+    let parts = if os.id == "alpine" { 2 } else { 1 };
+    let prefix = |version: &str| version.split('.').take(parts).collect::<Vec<_>>().join(".");
+    let image_major = prefix(&os.version_id);
+    let report_major = prefix(&report_os.version);
     let version_matches = image_major.is_empty() || report_major == image_major;
     if family_matches && version_matches {
         return Ok(());
