@@ -313,10 +313,10 @@ fn satisfied(
         })
 }
 
-fn newest<'a>(
-    available: &'a [(usize, IndexEntry)],
+fn newest(
+    available: &[(usize, IndexEntry)],
     accept: impl Fn(&IndexEntry) -> bool,
-) -> Option<(usize, &'a IndexEntry)> {
+) -> Option<(usize, &IndexEntry)> {
     let mut best: Option<(usize, &IndexEntry)> = None;
     for (repository, entry) in available {
         if !accept(entry) {
