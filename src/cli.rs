@@ -115,6 +115,11 @@ pub struct PatchArgs {
     #[arg(long = "keyring", value_name = "FILE")]
     pub keyrings: Vec<PathBuf>,
 
+    /// Use apk repository indexes whose signature is missing, bad or made by a key the
+    /// image does not trust. Default: such an index is an error.
+    #[arg(long)]
+    pub allow_untrusted_repo: bool,
+
     /// The output format of the result.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,

@@ -5,6 +5,7 @@
 //! writes one new layer and pushes the amended image. It never prints and never exits;
 //! progress reaches the caller through [`patch::Reporter`].
 
+pub mod apk;
 pub mod deb;
 pub mod digest;
 pub mod image;

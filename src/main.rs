@@ -115,6 +115,7 @@ fn settings_from_args(args: PatchArgs) -> anyhow::Result<PatchSettings> {
         insecure_registries: args.insecure_registries,
         ca_files,
         repo_mirrors,
+        allow_untrusted_repo: args.allow_untrusted_repo,
         work_dir: args.work_dir,
         apt_sources: args.apt_sources,
         keyrings: args.keyrings,

@@ -24,6 +24,8 @@ pub fn patch_selector() -> Selector {
         "var/lib/dpkg/arch",
         "var/lib/dpkg/info/format",
         "etc/apt/trusted.gpg",
+        "etc/apk/arch",
+        "etc/apk/repositories",
     ];
     let dirs = [
         "etc/apt/sources.list.d",

@@ -1,5 +1,6 @@
 //! The patch: from a source image and a report to a pushed image with one more layer.
 
+mod alpine;
 mod debian;
 mod events;
 mod layers;
@@ -50,6 +51,8 @@ pub struct PatchSettings {
     pub ca_files: Vec<PathBuf>,
     /// Repository base URL replacements.
     pub repo_mirrors: Vec<MirrorRewrite>,
+    /// Accept apk indexes with a missing, bad or untrusted signature.
+    pub allow_untrusted_repo: bool,
     /// Where downloads and the new layer go; `None` for a temporary directory.
     pub work_dir: Option<PathBuf>,
     /// One-line apt sources (`deb [signed-by=FILE] URI SUITE COMPONENT…`) used instead of
@@ -88,8 +91,13 @@ pub enum PatchError {
          unknown\nhint: only Debian, Ubuntu and Alpine images can be patched"
     )]
     NoOsRelease,
-    #[error("{os} images are not supported; supported: Debian and Debian-based")]
+    #[error("{os} images are not supported; supported: Debian, Debian-based and Alpine")]
     UnsupportedOs { os: String },
+    #[error(
+        "{os} images are patched from a report only\n\
+         hint: pass a Trivy report with -r; updating every package works for Debian and Ubuntu"
+    )]
+    ReportRequired { os: String },
     #[error(
         "the report is for {report_os}, but the image is {image_os}\n\
          hint: scan this image and pass that report"
@@ -97,6 +105,8 @@ pub enum PatchError {
     ReportOsMismatch { report_os: String, image_os: String },
     #[error(transparent)]
     Debian(#[from] debian::DebianError),
+    #[error(transparent)]
+    Alpine(#[from] alpine::AlpineError),
     #[error("failed to use the work directory {path}")]
     WorkDir {
         path: PathBuf,
@@ -122,6 +132,7 @@ impl PatchError {
             | PatchError::Platform(_)
             | PatchError::NoOsRelease
             | PatchError::UnsupportedOs { .. }
+            | PatchError::ReportRequired { .. }
             | PatchError::ReportOsMismatch { .. } => true,
             PatchError::Registry(err) => matches!(
                 err,
@@ -132,6 +143,7 @@ impl PatchError {
                     | RegistryError::CaFileEmpty { .. }
             ),
             PatchError::Debian(err) => err.is_user_error(),
+            PatchError::Alpine(err) => err.is_user_error(),
             _ => false,
         }
     }
@@ -191,30 +203,48 @@ async fn run(
     if let Some(report) = &report {
         check_report_os(report, &os)?;
     }
-    if !os.is_like("debian") {
+    let work = WorkDir::new(settings.work_dir.as_deref())?;
+    let created = history_time(&image.config_bytes);
+    let result = if os.is_like("alpine") {
+        let Some(report) = &report else {
+            return Err(PatchError::ReportRequired {
+                os: os.display_name(),
+            });
+        };
+        alpine::patch_alpine(
+            &alpine::AlpineInputs {
+                rootfs: &rootfs,
+                report,
+                settings,
+                work_dir: work.path(),
+                platform_arch: image_architecture(&image.config_bytes),
+                created_epoch: created.epoch,
+            },
+            reporter,
+        )
+        .await?
+    } else if os.is_like("debian") {
+        debian::patch_debian(
+            &debian::DebianInputs {
+                rootfs: &rootfs,
+                base_rootfs: base_rootfs.as_ref(),
+                previous: earlier
+                    .as_ref()
+                    .map_or(&[][..], |earlier| &earlier.record.packages),
+                report: report.as_ref(),
+                settings,
+                work_dir: work.path(),
+                platform_arch: image_architecture(&image.config_bytes),
+                created_epoch: created.epoch,
+            },
+            reporter,
+        )
+        .await?
+    } else {
         return Err(PatchError::UnsupportedOs {
             os: os.display_name(),
         });
-    }
-
-    let work = WorkDir::new(settings.work_dir.as_deref())?;
-    let created = history_time(&image.config_bytes);
-    let result = debian::patch_debian(
-        &debian::DebianInputs {
-            rootfs: &rootfs,
-            base_rootfs: base_rootfs.as_ref(),
-            previous: earlier
-                .as_ref()
-                .map_or(&[][..], |earlier| &earlier.record.packages),
-            report: report.as_ref(),
-            settings,
-            work_dir: work.path(),
-            platform_arch: image_architecture(&image.config_bytes),
-            created_epoch: created.epoch,
-        },
-        reporter,
-    )
-    .await?;
+    };
 
     let mut outcome = PatchOutcome {
         status: PatchStatus::NothingToPatch,
@@ -361,14 +391,18 @@ fn without_top_layer(
 
 /// Compares the report's OS with the image's. Family must match. Debian releases are
 /// numbered by major version and Trivy writes Debian 12 as `12.8`, so only the major
-/// versions must match there. An Ubuntu release is `YEAR.MONTH` (Trivy writes `22.04`),
-/// so both parts must match.
+/// versions must match there. Ubuntu (`22.04`) and Alpine (`3.21.0` in both Trivy and
+/// os-release) releases are `MAJOR.MINOR`, so both parts must match.
 fn check_report_os(report: &Report, os: &OsRelease) -> Result<(), PatchError> {
     let Some(report_os) = &report.os else {
         return Ok(());
     };
     let family_matches = report_os.family == os.id;
-    let parts = if os.id == "ubuntu" { 2 } else { 1 };
+    let parts = if os.id == "ubuntu" || os.id == "alpine" {
+        2
+    } else {
+        1
+    };
     let release = |version: &str| version.split('.').take(parts).collect::<Vec<_>>().join(".");
     let version_matches =
         os.version_id.is_empty() || release(&report_os.version) == release(&os.version_id);
