@@ -16,12 +16,13 @@ use crate::osrelease::OsRelease;
 use crate::reference::{self, Reference, ReferenceError};
 use crate::registry::auth::AuthEnv;
 use crate::registry::{InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions};
-use crate::report::{Report, ReportError};
+use crate::report::{Report, ReportError, ReportFormat};
 use crate::rootfs::ScanError;
 
-pub use events::{Event, NoReporter, Phase, Reporter};
+pub use events::{Event, NoReporter, Phase, Reporter, Transfer};
 pub use outcome::{
-    FailedPackage, PackageUpdate, PatchOutcome, PatchStatus, ScriptsNotRun, SkippedPackage,
+    Distro, FailedPackage, OUTCOME_SCHEMA_VERSION, PackageUpdate, PatchOutcome, PatchStatus,
+    ScriptsNotRun, SkippedPackage,
 };
 
 /// Everything a patch needs, resolved from flags, environment and files by the caller.
@@ -31,6 +32,13 @@ pub struct PatchSettings {
     pub image: String,
     /// The scanner report.
     pub report: PathBuf,
+    /// The report's format; `None` detects it from the content.
+    pub scanner: Option<ReportFormat>,
+    /// Resolve the updates and stop before downloading packages or pushing.
+    pub dry_run: bool,
+    /// A directory of verified package files named by SHA-256, shared between patches;
+    /// `None` keeps downloads in the work directory only.
+    pub package_cache: Option<PathBuf>,
     /// `-t`: a bare tag or a full reference for the result.
     pub tag: Option<String>,
     /// Appended to the source tag as `TAG-SUFFIX` when `tag` is `None`.
@@ -152,7 +160,7 @@ async fn run(
     let source = Reference::parse(&settings.image)?;
     let destination =
         reference::destination(&source, settings.tag.as_deref(), &settings.tag_suffix)?;
-    let report = Report::from_file(&settings.report)?;
+    let report = Report::from_file(&settings.report, settings.scanner)?;
     let platform = settings
         .platform
         .as_deref()
@@ -169,6 +177,11 @@ async fn run(
     reporter.event(Event::Phase(Phase::ResolveImage));
     let image = client.resolve_image(&source, platform.as_ref()).await?;
     reporter.event(Event::Phase(Phase::ReadLayers));
+    reporter.event(Event::Planned {
+        transfer: Transfer::Layers,
+        items: image.layers.len(),
+        bytes: image.layers.iter().map(|layer| layer.size).sum(),
+    });
     let rootfs = layers::read_rootfs(&client, &source, &image.layers, reporter).await?;
     let os = OsRelease::from_rootfs(&rootfs).ok_or(PatchError::NoOsRelease)?;
     check_report_os(&report, &os)?;
@@ -194,6 +207,7 @@ async fn run(
     .await?;
 
     let mut outcome = PatchOutcome {
+        schema_version: OUTCOME_SCHEMA_VERSION,
         status: PatchStatus::NothingToPatch,
         source: source.to_string(),
         source_digest: image.manifest.digest.to_string(),
@@ -201,12 +215,21 @@ async fn run(
         manifest_digest: None,
         layer_digest: None,
         os: os.display_name(),
+        distro: Distro {
+            id: os.id.clone(),
+            version_id: os.version_id.clone(),
+        },
+        architecture: image_architecture(&image.config_bytes),
+        report_format: report.format.map_or("", ReportFormat::name).to_owned(),
         updates: result.updates,
         skipped: result.skipped,
         failed: result.failed,
         scripts_not_run: result.scripts_not_run,
         warnings: result.warnings,
     };
+    if settings.dry_run && !outcome.updates.is_empty() {
+        outcome.status = PatchStatus::Planned;
+    }
     let Some(layer) = result.layer else {
         return Ok(outcome);
     };
@@ -251,6 +274,13 @@ async fn run(
     )?;
 
     reporter.event(Event::Phase(Phase::Push));
+    // The source layers count too: they are mounted or copied when the destination is
+    // another repository, and only checked for when it is the same one.
+    reporter.event(Event::Planned {
+        transfer: Transfer::Push,
+        items: image.layers.len() + 2,
+        bytes: image.layers.iter().map(|l| l.size).sum::<u64>() + layer.size + config.len() as u64,
+    });
     push::push_image(
         &client,
         &source,
