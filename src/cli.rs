@@ -202,7 +202,7 @@ pub struct PatchArgs {
 }
 
 impl PatchArgs {
-    /// The result format, with `-f json|text` taking precedence over `--output-format`.
+    /// Returns the result format, with `-f json|text` taking precedence over `--output-format`.
     pub fn result_format(&self) -> OutputFormat {
         match self.format {
             Some(FormatFlag::Json) => OutputFormat::Json,

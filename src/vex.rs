@@ -16,7 +16,7 @@ use crate::reference::{Reference, ReferenceError};
 /// The JSON-LD context of OpenVEX v0.2.0.
 pub const OPENVEX_CONTEXT: &str = "https://openvex.dev/ns/v0.2.0";
 
-/// Who signs the document and when.
+/// The author and time stamp of a document.
 #[derive(Debug, Clone)]
 pub struct VexOptions {
     /// The document's `author`.

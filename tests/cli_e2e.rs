@@ -45,7 +45,7 @@ fn trivy_report() -> Value {
     serde_json::from_slice(&fs_err::read(&security_fixture().report).unwrap()).unwrap()
 }
 
-/// The (package, installed, fixed, CVE) rows of the fixture's Trivy report.
+/// Returns the (package, installed, fixed, CVE) rows of the fixture's Trivy report.
 fn report_rows() -> Vec<(String, String, String, String)> {
     let report = trivy_report();
     let mut rows = Vec::new();
@@ -67,7 +67,7 @@ fn report_rows() -> Vec<(String, String, String, String)> {
     rows
 }
 
-/// The fixture's report in Grype's JSON format.
+/// Converts the fixture's report to Grype's JSON format.
 fn grype_report() -> Value {
     let matches: Vec<Value> = report_rows()
         .into_iter()
@@ -88,7 +88,7 @@ fn grype_report() -> Value {
     })
 }
 
-/// The fixture's report in copa's scanner-plugin format, `v1alpha1` or `v1alpha2`.
+/// Converts the fixture's report to copa's scanner-plugin format, `v1alpha1` or `v1alpha2`.
 fn plugin_report(api_version: &str) -> Value {
     let updates: Vec<Value> = report_rows()
         .into_iter()
@@ -120,7 +120,7 @@ fn parse_stdout(outcome: &Outcome) -> Value {
         .unwrap_or_else(|err| panic!("stdout must be one JSON document: {err}\n{outcome}"))
 }
 
-/// The set of (name, new version) pairs a JSON result lists.
+/// Returns the set of (name, new version) pairs a JSON result lists.
 fn planned_updates(result: &Value) -> BTreeSet<(String, String)> {
     result["updates"]
         .as_array()
@@ -187,7 +187,9 @@ fn filter_volatile(text: &str) -> String {
 }
 
 /// Replaces the values that depend on today's security updates by their type, keeping
-/// every key: the layout of the JSON result, which the README documents as stable.
+/// every key: the layout of the JSON result, which the README documents as stable. An
+/// array of objects becomes one object with the keys of all its elements. Any other array
+/// becomes `"<array>"`, because whether it is empty depends on the day's updates.
 fn json_shape(value: &Value, key: &str) -> Value {
     const KEPT: &[&str] = &["status", "report_format", "id", "version_id"];
     match value {
@@ -196,10 +198,21 @@ fn json_shape(value: &Value, key: &str) -> Value {
                 .map(|(k, v)| (k.clone(), json_shape(v, k)))
                 .collect(),
         ),
-        Value::Array(items) => match items.first() {
-            Some(first) => Value::Array(vec![json_shape(first, key)]),
-            None => Value::Array(Vec::new()),
-        },
+        Value::Array(items) if items.first().is_some_and(Value::is_object) => {
+            let mut merged = serde_json::Map::new();
+            for item in items {
+                if let Value::Object(shape) = json_shape(item, key) {
+                    for (field, value) in shape {
+                        // A null (a package new to the image) must not hide the type.
+                        if !value.is_null() || !merged.contains_key(&field) {
+                            merged.insert(field, value);
+                        }
+                    }
+                }
+            }
+            Value::Array(vec![Value::Object(merged)])
+        }
+        Value::Array(_) => Value::String("<array>".to_owned()),
         Value::String(text) if KEPT.contains(&key) => Value::String(text.clone()),
         Value::String(_) => Value::String("<string>".to_owned()),
         Value::Number(n) if key == "schema_version" => Value::Number(n.clone()),
@@ -572,7 +585,7 @@ fn bulk_run_reports_each_image() {
         );
     }
     // Both images installed the same packages through one shared download cache, which
-    // holds one file per package.
+    // contains one file per package.
     let cached = fs_err::read_dir(work.join("packages")).unwrap().count();
     let installed = images[0]["result"]["updates"].as_array().unwrap().len();
     assert_eq!(cached, installed, "{outcome}");

@@ -79,7 +79,7 @@ impl ReportFormat {
         ReportFormat::Native,
     ];
 
-    /// The name `--scanner` takes.
+    /// Returns the name `--scanner` takes.
     pub fn name(self) -> &'static str {
         match self {
             ReportFormat::Trivy => "trivy",

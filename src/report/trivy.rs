@@ -91,7 +91,7 @@ const OS_FAMILIES: &[&str] = &[
     "wolfi",
 ];
 
-/// Whether a top-level array is the result list of a Trivy report older than schema 2.
+/// Returns whether a top-level array is the result list of a Trivy report older than schema 2.
 pub fn is_legacy_results(results: &[Value]) -> bool {
     !results.is_empty()
         && results
