@@ -1,17 +1,22 @@
 //! Command-line definitions. Every flag maps one-to-one onto a field here; `main.rs`
 //! resolves them, with the environment, into the library's settings.
+//!
+//! `--help`, the shell completions (`layermend completions`) and the man page
+//! (`layermend man`) are all generated from these definitions.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// Exit-code table shown in `--help`; `main.rs` uses the same numbers.
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0  the image was patched and the result written
-  1  failure: a registry, repository or package could not be read or written
-  2  user error: invalid flags, reference or report
+  0  the image was patched and the result written (with --dry-run: there is something
+     to patch)
+  1  failure: a registry, repository or package could not be read or written; with
+     --config, at least one image failed
+  2  user error: invalid flags, reference, report or configuration file
   3  nothing to patch: every reported package is already fixed or none is fixable";
 
 #[derive(Debug, Parser)]
@@ -25,11 +30,13 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
-    /// Log more detail on stderr: -v for debug, -vv for trace (`RUST_LOG` overrides).
+    /// Log more detail on stderr: -v for debug, -vv for trace. `RUST_LOG` (an
+    /// `EnvFilter` directive such as `layermend=debug`) overrides both. Default: warnings.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
-    /// Print only errors.
+    /// Print only errors on stderr: no progress, no summary, no warnings. The JSON result
+    /// (`--output-format json`) is still printed on stdout.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 }
@@ -38,44 +45,112 @@ pub struct Cli {
 pub enum Command {
     /// Add one layer with fixed OS packages to an image and push the result.
     #[command(after_help = EXIT_CODES)]
-    Patch(PatchArgs),
+    Patch(Box<PatchArgs>),
+    /// Print a shell completion script on stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a man page (roff) on stdout, for `man -l -` or a file in man1/.
+    Man {
+        /// The subcommand whose page to print, as `layermend-COMMAND(1)`. Default: the
+        /// page of `layermend` itself.
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
+    },
 }
 
+/// `-f/--format`: copa's VEX format flag, which also takes the result formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatFlag {
+    /// An OpenVEX v0.2.0 document, written to the file `-o` names (copa's meaning).
+    Openvex,
+    /// Same as `--output-format json`.
+    Json,
+    /// Same as `--output-format text`.
+    Text,
+}
+
+/// The format of the result printed when the patch ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
-    /// Human-readable lines.
+    /// A human-readable summary on stdout.
     Text,
-    /// One JSON document on stdout.
+    /// One JSON document on stdout; the human-readable summary goes to stderr.
     Json,
 }
 
+/// The scanner that wrote the report, spelled as copa's `--scanner` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScannerFlag {
+    /// Trivy JSON, schema 2 or the older top-level array of results.
+    Trivy,
+    /// Grype JSON (`grype -o json`).
+    Grype,
+    /// copa's scanner-plugin JSON (apiVersion v1alpha1 or v1alpha2).
+    Native,
+}
+
 #[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("target")
+        .args(["image", "config"])
+        .required(true)
+))]
 pub struct PatchArgs {
     /// The image to patch, as a registry reference (`registry/repo:tag` or
-    /// `repo@sha256:…`; `docker.io/library/` is the default prefix).
-    #[arg(short, long, value_name = "IMAGE")]
-    pub image: String,
+    /// `repo@sha256:…`; `docker.io/library/` is the default prefix). Required unless
+    /// `--config` is given.
+    #[arg(
+        short,
+        long,
+        value_name = "IMAGE",
+        requires = "report",
+        conflicts_with = "config"
+    )]
+    pub image: Option<String>,
 
-    /// The Trivy JSON report of the image's vulnerabilities. Without it, every installed
-    /// package with a newer version in the repositories is updated, as `apt-get upgrade`
-    /// would: upgrades that need a package the image lacks are kept back.
-    #[arg(short, long, value_name = "FILE")]
+    /// The scanner report of the image's vulnerabilities (Trivy, Grype or copa
+    /// scanner-plugin JSON). Without it, every installed package with a newer version in
+    /// the repositories is updated, as `apt-get upgrade` would: upgrades that need a
+    /// package the image lacks are kept back.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "config")]
     pub report: Option<PathBuf>,
+
+    /// The report's format. Default: detected from the content.
+    #[arg(long, value_enum, value_name = "SCANNER")]
+    pub scanner: Option<ScannerFlag>,
+
+    /// A YAML file listing images to patch concurrently, each with its own report and
+    /// optional tag and platforms (see the README). Replaces `--image` and `--report`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The number of images patched at the same time with `--config`.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
 
     /// The tag of the patched image: a bare tag in the source repository, or a full
     /// `[registry/]repo:tag` elsewhere. Required when the image is given by digest only.
-    #[arg(short, long, value_name = "TAG")]
+    /// Default: the source tag plus `-` and `--tag-suffix`.
+    #[arg(short, long, value_name = "TAG", conflicts_with = "config")]
     pub tag: Option<String>,
 
     /// The suffix appended to the source tag when `--tag` is not given.
     #[arg(long, value_name = "SUFFIX", default_value = "patched")]
     pub tag_suffix: String,
 
+    /// Resolve the report, indexes, versions and dependencies and print the plan, without
+    /// downloading packages or pushing. Exit code 0 when there is something to patch.
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// Carry on when a reported package cannot be updated, patching the others.
     #[arg(long)]
     pub ignore_errors: bool,
 
-    /// The time limit for the whole patch, such as `300s` or `5m`.
+    /// The time limit for one image's patch, such as `300s` or `5m`.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
 
@@ -85,7 +160,7 @@ pub struct PatchArgs {
 
     /// The platform to patch in a multi-platform image, as `os/arch[/variant]`.
     /// Default: the host's platform.
-    #[arg(long, value_name = "PLATFORM")]
+    #[arg(long, value_name = "PLATFORM", conflicts_with = "config")]
     pub platform: Option<String>,
 
     /// A registry host (`host[:port]`) reached over plain HTTP. Loopback registries
@@ -120,14 +195,40 @@ pub struct PatchArgs {
     #[arg(long)]
     pub allow_untrusted_repo: bool,
 
-    /// The output format of the result.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub format: OutputFormat,
+    /// `openvex` writes an OpenVEX document of the fixed vulnerabilities to `--output`
+    /// (copa's `-f`). `json` and `text` set the result format like `--output-format`.
+    #[arg(short = 'f', long = "format", value_enum, value_name = "FORMAT")]
+    pub format: Option<FormatFlag>,
+
+    /// The file the VEX document is written to. Without it no VEX document is written.
+    /// The author is `LAYERMEND_VEX_AUTHOR` or `COPA_VEX_AUTHOR`; default: layermend.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE",
+        conflicts_with = "config"
+    )]
+    pub output: Option<PathBuf>,
+
+    /// The format of the result printed when the patch ends.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = OutputFormat::Text)]
+    pub output_format: OutputFormat,
 
     /// A directory for downloads and the new layer while the patch runs. Default: a
     /// temporary directory that is removed afterwards.
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+}
+
+impl PatchArgs {
+    /// Returns the result format, with `-f json|text` taking precedence over `--output-format`.
+    pub fn result_format(&self) -> OutputFormat {
+        match self.format {
+            Some(FormatFlag::Json) => OutputFormat::Json,
+            Some(FormatFlag::Text) => OutputFormat::Text,
+            Some(FormatFlag::Openvex) | None => self.output_format,
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -156,5 +257,48 @@ mod tests {
         assert_eq!(parse_duration("300s").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("five").is_err());
+    }
+
+    fn patch_args(args: &[&str]) -> Result<PatchArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["layermend", "patch"].iter().chain(args))?;
+        match cli.command {
+            Command::Patch(args) => Ok(*args),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn image_or_config_is_required() {
+        assert!(patch_args(&[]).is_err());
+        assert!(
+            patch_args(&["-i", "debian:12"]).is_err(),
+            "--report is required"
+        );
+        assert!(patch_args(&["-i", "debian:12", "-r", "r.json"]).is_ok());
+        assert!(patch_args(&["--config", "images.yaml"]).is_ok());
+        assert!(patch_args(&["--config", "c.yaml", "-i", "debian:12", "-r", "r"]).is_err());
+    }
+
+    #[test]
+    fn format_flag_selects_vex_or_result_format() {
+        let json = patch_args(&["-i", "x", "-r", "r", "--format", "json"]).unwrap();
+        assert_eq!(json.result_format(), OutputFormat::Json);
+        let vex = patch_args(&["-i", "x", "-r", "r", "-f", "openvex", "-o", "v.json"]).unwrap();
+        assert_eq!(vex.format, Some(FormatFlag::Openvex));
+        assert_eq!(vex.result_format(), OutputFormat::Text);
+        let both = patch_args(&[
+            "-i",
+            "x",
+            "-r",
+            "r",
+            "-f",
+            "openvex",
+            "-o",
+            "v",
+            "--output-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(both.result_format(), OutputFormat::Json);
     }
 }

@@ -16,3 +16,4 @@ pub mod reference;
 pub mod registry;
 pub mod report;
 pub mod rootfs;
+pub mod vex;

@@ -1,18 +1,23 @@
 //! The `layermend` command: parses flags, sets up logging and progress output, runs the
 //! library and renders its result.
 
+mod bulk;
 mod cli;
 mod printer;
 
-use std::io::{self, Write};
+use std::io;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, OutputFormat, PatchArgs};
-use layermend::patch::{self, PatchSettings, PatchStatus};
+use cli::{Cli, Command, OutputFormat, PatchArgs, ScannerFlag};
+use layermend::patch::{self, PatchOutcome, PatchSettings, PatchStatus};
+use layermend::report::ReportFormat;
+use layermend::vex::{self, VexError, VexOptions};
+use printer::{ProgressMode, ProgressPrinter};
 
 /// Exit codes, as listed in `--help` and the README.
 const EXIT_PATCHED: u8 = 0;
@@ -22,21 +27,64 @@ const EXIT_NOTHING_TO_PATCH: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: failed to start the async runtime: {err}");
-            return ExitCode::from(EXIT_FAILURE);
+    let code = match cli.command {
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "layermend", &mut io::stdout());
+            EXIT_PATCHED
+        }
+        Command::Man { command } => write_or_fail(render_man(command.as_deref())),
+        Command::Patch(args) => {
+            init_logging(cli.verbose, cli.quiet);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("error: failed to start the async runtime: {err}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            };
+            if args.config.is_some() {
+                runtime.block_on(bulk::run(*args, cli.quiet))
+            } else {
+                runtime.block_on(run_patch(*args, cli.quiet))
+            }
         }
     };
-    let code = match cli.command {
-        Command::Patch(args) => runtime.block_on(run_patch(args, cli.quiet)),
-    };
     ExitCode::from(code)
+}
+
+/// Renders the man page of `layermend`, or of one subcommand as `layermend-NAME(1)`.
+fn render_man(subcommand: Option<&str>) -> io::Result<()> {
+    let mut command = Cli::command();
+    command.build();
+    let page = match subcommand {
+        None => command,
+        Some(name) => {
+            let sub = command
+                .find_subcommand(name)
+                .cloned()
+                .ok_or_else(|| io::Error::other(format!("no subcommand {name:?}")))?;
+            // clap takes a static name without its `string` feature; the process prints
+            // one page and exits.
+            let full_name: &'static str = Box::leak(format!("layermend-{name}").into_boxed_str());
+            sub.name(full_name).bin_name(full_name)
+        }
+    };
+    clap_mangen::Man::new(page).render(&mut io::stdout().lock())
+}
+
+fn write_or_fail(result: io::Result<()>) -> u8 {
+    match result {
+        Ok(()) => EXIT_PATCHED,
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => EXIT_PATCHED,
+        Err(err) => {
+            eprintln!("error: {err}");
+            EXIT_USER_ERROR
+        }
+    }
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -55,46 +103,142 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 async fn run_patch(args: PatchArgs, quiet: bool) -> u8 {
-    let format = args.format;
-    let settings = match settings_from_args(args) {
+    let format = args.result_format();
+    let vex_path = args.output.clone();
+    let (Some(image), Some(report)) = (args.image.clone(), args.report.clone()) else {
+        eprintln!("error: --image and --report are required without --config");
+        return EXIT_USER_ERROR;
+    };
+    let settings = match settings_from_args(&args, image, report) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("error: {err:#}");
             return EXIT_USER_ERROR;
         }
     };
-    let reporter = printer::ProgressPrinter::new(quiet);
-    match patch::patch(&settings, &reporter).await {
-        Ok(outcome) => {
-            let written = match format {
-                OutputFormat::Text => printer::print_outcome_text(&outcome, quiet),
-                OutputFormat::Json => printer::print_outcome_json(&outcome),
-            };
-            if let Err(err) = written
-                && err.kind() != io::ErrorKind::BrokenPipe
-            {
-                eprintln!("error: failed to write the result: {err}");
-                return EXIT_FAILURE;
-            }
-            match outcome.status {
-                PatchStatus::Patched => EXIT_PATCHED,
-                PatchStatus::NothingToPatch => EXIT_NOTHING_TO_PATCH,
-            }
-        }
+    let reporter = ProgressPrinter::new(ProgressMode::detect(quiet), None);
+    let result = patch::patch(&settings, &reporter).await;
+    reporter.finish();
+    let outcome = match result {
+        Ok(outcome) => outcome,
         Err(err) => {
-            let mut stderr = io::stderr().lock();
-            let _ = writeln!(stderr, "error: {}", printer::error_chain(&err));
-            if err.is_user_error() {
+            eprintln!("error: {}", printer::error_chain(&err));
+            return if err.is_user_error() {
                 EXIT_USER_ERROR
             } else {
                 EXIT_FAILURE
+            };
+        }
+    };
+
+    let vex_failed = match &vex_path {
+        Some(path) => !write_vex(path, &outcome, quiet),
+        None => false,
+    };
+    if let Err(err) = print_outcome(&outcome, format, quiet)
+        && err.kind() != io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: failed to write the result: {err}");
+        return EXIT_FAILURE;
+    }
+    if vex_failed {
+        return EXIT_FAILURE;
+    }
+    exit_code(outcome.status)
+}
+
+fn exit_code(status: PatchStatus) -> u8 {
+    match status {
+        PatchStatus::Patched | PatchStatus::Planned => EXIT_PATCHED,
+        PatchStatus::NothingToPatch => EXIT_NOTHING_TO_PATCH,
+    }
+}
+
+/// Prints the result: text on stdout, or JSON on stdout with the text on stderr. With
+/// `-q` only the JSON, or the text's last line, is printed.
+fn print_outcome(outcome: &PatchOutcome, format: OutputFormat, quiet: bool) -> io::Result<()> {
+    match (format, quiet) {
+        (OutputFormat::Text, false) => {
+            printer::write_outcome_text(&mut io::stdout().lock(), outcome)
+        }
+        (OutputFormat::Text, true) => {
+            printer::write_outcome_line(&mut io::stdout().lock(), outcome)
+        }
+        (OutputFormat::Json, quiet) => {
+            if !quiet {
+                printer::write_outcome_text(&mut io::stderr().lock(), outcome)?;
             }
+            printer::write_json(&mut io::stdout().lock(), outcome)
         }
     }
 }
 
-fn settings_from_args(args: PatchArgs) -> anyhow::Result<PatchSettings> {
-    let mut ca_files = args.ca_files;
+/// Writes the OpenVEX document of `outcome` to `path`. An outcome that fixed nothing gets
+/// no document and a warning; returns false only when writing failed.
+fn write_vex(path: &Path, outcome: &PatchOutcome, quiet: bool) -> bool {
+    let options = VexOptions {
+        author: vex_author(),
+        timestamp: vex_timestamp(),
+    };
+    let document = match vex::openvex_document(outcome, &options) {
+        Ok(document) => document,
+        Err(err @ (VexError::NotPatched | VexError::NothingFixed)) => {
+            if !quiet {
+                eprintln!(
+                    "warning: no VEX document written to {}: {err}",
+                    path.display()
+                );
+            }
+            return true;
+        }
+        Err(err) => {
+            eprintln!("error: {}", printer::error_chain(&err));
+            return false;
+        }
+    };
+    let written =
+        fs_err::File::create(path).and_then(|mut file| printer::write_json(&mut file, &document));
+    match written {
+        Ok(()) => true,
+        Err(err) => {
+            eprintln!("error: failed to write the VEX document: {err}");
+            false
+        }
+    }
+}
+
+fn vex_author() -> String {
+    ["LAYERMEND_VEX_AUTHOR", "COPA_VEX_AUTHOR"]
+        .iter()
+        .find_map(|key| std::env::var(key).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "layermend".to_owned())
+}
+
+/// `SOURCE_DATE_EPOCH` when set, for reproducible documents; the current time otherwise.
+fn vex_timestamp() -> chrono::DateTime<chrono::Utc> {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .unwrap_or_else(chrono::Utc::now)
+}
+
+fn report_format(flag: Option<ScannerFlag>) -> Option<ReportFormat> {
+    flag.map(|flag| match flag {
+        ScannerFlag::Trivy => ReportFormat::Trivy,
+        ScannerFlag::Grype => ReportFormat::Grype,
+        ScannerFlag::Native => ReportFormat::Native,
+    })
+}
+
+/// Resolves the flags shared by single and bulk runs, with the environment, into the
+/// settings of one patch of `image` with `report`.
+fn settings_from_args(
+    args: &PatchArgs,
+    image: String,
+    report: std::path::PathBuf,
+) -> anyhow::Result<PatchSettings> {
+    let mut ca_files = args.ca_files.clone();
     if let Some(path) = std::env::var_os("SSL_CERT_FILE") {
         ca_files.push(path.into());
     }
@@ -105,19 +249,22 @@ fn settings_from_args(args: PatchArgs) -> anyhow::Result<PatchSettings> {
         .collect::<Result<Vec<_>, _>>()
         .context("invalid --repo-mirror")?;
     Ok(PatchSettings {
-        image: args.image,
-        report: args.report,
-        tag: args.tag,
-        tag_suffix: args.tag_suffix,
+        image,
+        report,
+        scanner: report_format(args.scanner),
+        dry_run: args.dry_run,
+        package_cache: None,
+        tag: args.tag.clone(),
+        tag_suffix: args.tag_suffix.clone(),
         ignore_errors: args.ignore_errors,
         timeout: args.timeout,
-        platform: args.platform,
-        insecure_registries: args.insecure_registries,
+        platform: args.platform.clone(),
+        insecure_registries: args.insecure_registries.clone(),
         ca_files,
         repo_mirrors,
         allow_untrusted_repo: args.allow_untrusted_repo,
-        work_dir: args.work_dir,
-        apt_sources: args.apt_sources,
-        keyrings: args.keyrings,
+        work_dir: args.work_dir.clone(),
+        apt_sources: args.apt_sources.clone(),
+        keyrings: args.keyrings.clone(),
     })
 }

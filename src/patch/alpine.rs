@@ -175,6 +175,25 @@ pub async fn patch_alpine(
         return Ok(result);
     }
 
+    let vulnerabilities = vulnerabilities_by_package(inputs.report);
+    for install in &plan.installs {
+        result.updates.push(PackageUpdate {
+            name: install.name.clone(),
+            arch: install.entry.get('A').unwrap_or(&arch).to_owned(),
+            installed_version: install.old_version.clone(),
+            new_version: install.entry.version().to_owned(),
+            vulnerabilities: vulnerabilities
+                .get(&install.name)
+                .cloned()
+                .unwrap_or_default(),
+            reason: install.reason.clone(),
+            size: install.entry.get('S').and_then(|s| s.parse().ok()).unwrap_or(0),
+        });
+    }
+    if inputs.settings.dry_run {
+        return Ok(result);
+    }
+
     reporter.event(Event::Phase(Phase::Download));
     let mut packages = Vec::new();
     for install in &plan.installs {
@@ -220,20 +239,6 @@ pub async fn patch_alpine(
         Ok::<_, AlpineError>((layer, scripts))
     })?;
 
-    let vulnerabilities = vulnerabilities_by_package(inputs.report);
-    for install in &plan.installs {
-        result.updates.push(PackageUpdate {
-            name: install.name.clone(),
-            arch: install.entry.get('A').unwrap_or(&arch).to_owned(),
-            installed_version: install.old_version.clone(),
-            new_version: install.entry.version().to_owned(),
-            vulnerabilities: vulnerabilities
-                .get(&install.name)
-                .cloned()
-                .unwrap_or_default(),
-            reason: install.reason.clone(),
-        });
-    }
     for report in scripts {
         result.scripts_not_run.push(ScriptsNotRun {
             package: report.package,

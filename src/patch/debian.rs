@@ -9,12 +9,12 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::{
     Event, FailedPackage, PackageUpdate, PatchSettings, Phase, Reporter, ScriptsNotRun,
-    SkippedPackage,
+    SkippedPackage, Transfer,
 };
 use crate::deb::install::{self, InstallError, InstallOptions, PackageToInstall};
 use crate::deb::packages::{self, MultiArch, PackagesError};
 use crate::deb::release::Keyring;
-use crate::deb::repo::{self, FetchOptions, Fetcher, ImageFiles, RepoError};
+use crate::deb::repo::{self, Candidate, FetchOptions, Fetcher, ImageFiles, RepoError};
 use crate::deb::resolve::{
     self, InstalledPackage, Plan, Request, ResolveError, ResolveOptions, SkipReason,
 };
@@ -105,7 +105,7 @@ pub enum DebianError {
     Install(#[from] InstallError),
     #[error(transparent)]
     Layer(#[from] LayerError),
-    #[error("failed to create directory {path}")]
+    #[error("failed to write {path}")]
     WorkDir {
         path: PathBuf,
         #[source]
@@ -132,16 +132,12 @@ impl DebianError {
 ///
 /// With `base_rootfs`, the layer replaces the earlier patch layer: when the current image
 /// needs nothing new the result has no layer, else the earlier and the new updates are
-/// planned together against the base.
+/// planned together against the base. With `settings.dry_run` it stops after resolving:
+/// `updates` lists the plan, and no package is downloaded and no layer built.
 pub async fn patch_debian(
     inputs: &DebianInputs<'_>,
     reporter: &dyn Reporter,
 ) -> Result<DebianResult, DebianError> {
-    let rootfs = inputs.rootfs;
-    let store = StatusStore::load(rootfs)?;
-    let arch = native_arch(rootfs, &store, inputs.platform_arch.as_deref());
-    let installed = installed_packages(&store, &arch)?;
-    let report_requests = inputs.report.map(requests_from_report).transpose()?;
     let mut result = DebianResult {
         layer: None,
         updates: Vec::new(),
@@ -150,8 +146,78 @@ pub async fn patch_debian(
         scripts_not_run: Vec::new(),
         warnings: Vec::new(),
     };
-    if report_requests.as_ref().is_some_and(Vec::is_empty) {
+    let Some(resolved) = resolve_updates(inputs, reporter, &mut result).await? else {
         return Ok(result);
+    };
+    let plan = &resolved.plan;
+    result.updates = updates_from_plan(plan, inputs.report);
+    if plan.installs.is_empty() || inputs.settings.dry_run {
+        return Ok(result);
+    }
+
+    reporter.event(Event::Phase(Phase::Download));
+    let downloads = download_packages(inputs, &resolved, reporter).await?;
+
+    reporter.event(Event::Phase(Phase::BuildLayer));
+    let to_install: Vec<PackageToInstall> = plan
+        .installs
+        .iter()
+        .zip(downloads)
+        .map(|(install, deb_path)| PackageToInstall {
+            deb_path,
+            name: install.name.clone(),
+            arch: install.arch.clone(),
+            new: install.is_new(),
+        })
+        .collect();
+    let options = InstallOptions {
+        mtime: inputs.created_epoch,
+    };
+    let work_dir = inputs.work_dir;
+    let rootfs = resolved.target;
+    let (layer, report) = tokio::task::block_in_place(|| {
+        let (builder, report) = install::plan_layer(rootfs, &to_install, options)?;
+        let layer = builder.finish(work_dir)?;
+        Ok::<_, DebianError>((layer, report))
+    })?;
+
+    for package in report.packages {
+        if package.scripts_not_run.is_empty() && package.triggers.is_empty() {
+            continue;
+        }
+        result.scripts_not_run.push(ScriptsNotRun {
+            package: package.name,
+            scripts: package.scripts_not_run,
+            triggers: package.triggers,
+        });
+    }
+    result.layer = Some(layer);
+    Ok(result)
+}
+
+/// The resolved plan, the root filesystem it applies to (the image's, or the base below
+/// an earlier patch layer) and the fetcher that read its indexes, for the downloads.
+struct Resolved<'a> {
+    plan: Plan,
+    target: &'a RootfsIndex,
+    fetcher: Fetcher,
+}
+
+/// Reads the dpkg database and the repositories' indexes and resolves the report's
+/// requests, or every available upgrade without a report, into a plan, recording skips
+/// and failures in `result`. Returns `None` when the report requests nothing.
+async fn resolve_updates<'a>(
+    inputs: &DebianInputs<'a>,
+    reporter: &dyn Reporter,
+    result: &mut DebianResult,
+) -> Result<Option<Resolved<'a>>, DebianError> {
+    let rootfs = inputs.rootfs;
+    let store = StatusStore::load(rootfs)?;
+    let arch = native_arch(rootfs, &store, inputs.platform_arch.as_deref());
+    let installed = installed_packages(&store, &arch)?;
+    let report_requests = inputs.report.map(requests_from_report).transpose()?;
+    if report_requests.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(None);
     }
 
     reporter.event(Event::Phase(Phase::ReadRepositories));
@@ -160,7 +226,11 @@ pub async fn patch_debian(
         mirrors: inputs.settings.repo_mirrors.clone(),
         ..FetchOptions::default()
     })?;
-    let fetched = load_repositories(rootfs, inputs.settings, &fetcher, &arch).await?;
+    let fetched = load_repositories(rootfs, inputs.settings, &fetcher, &arch)
+        .await?
+        .into_iter()
+        .map(|index| index.spill_to(inputs.work_dir))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut index = GrowingIndex::new(fetched, &arch, &installed, &report_requests).await?;
 
     reporter.event(Event::Phase(Phase::Resolve));
@@ -187,23 +257,59 @@ pub async fn patch_debian(
         }
         _ => (rootfs, requests),
     };
-    record_skips_and_failures(&plan, &target_requests, &mut result, reporter);
-    if plan.installs.is_empty() {
-        return Ok(result);
-    }
-    let rootfs = target;
+    record_skips_and_failures(&plan, &target_requests, result, reporter);
+    Ok(Some(Resolved {
+        plan,
+        target,
+        fetcher,
+    }))
+}
 
-    reporter.event(Event::Phase(Phase::Download));
+fn updates_from_plan(plan: &Plan, report: Option<&Report>) -> Vec<PackageUpdate> {
+    let vulnerabilities = report.map(vulnerabilities_by_package).unwrap_or_default();
+    plan.installs
+        .iter()
+        .map(|install| PackageUpdate {
+            name: install.name.clone(),
+            arch: install.arch.clone(),
+            installed_version: install.old_version.as_ref().map(ToString::to_string),
+            new_version: install.new_version().to_string(),
+            vulnerabilities: vulnerabilities
+                .get(&install.name)
+                .cloned()
+                .unwrap_or_default(),
+            reason: install.reason.to_string(),
+            size: install.candidate.entry.size,
+        })
+        .collect()
+}
+
+/// Downloads the plan's packages, up to [`PARALLEL_DOWNLOADS`] at a time, in plan order.
+///
+/// With a package cache, a package whose SHA-256 is already there is copied from it, and
+/// every download is copied into it, so images patched in one run share downloads.
+async fn download_packages(
+    inputs: &DebianInputs<'_>,
+    resolved: &Resolved<'_>,
+    reporter: &dyn Reporter,
+) -> Result<Vec<PathBuf>, DebianError> {
+    let installs = &resolved.plan.installs;
+    reporter.event(Event::Planned {
+        transfer: Transfer::Packages,
+        items: installs.len(),
+        bytes: installs.iter().map(|i| i.candidate.entry.size).sum(),
+    });
     let deb_dir = inputs.work_dir.join("debs");
-    fs_err::create_dir_all(&deb_dir).map_err(|source| DebianError::WorkDir {
-        path: deb_dir.clone(),
-        source,
-    })?;
-    let downloads: Vec<PathBuf> = stream::iter(plan.installs.iter())
+    create_dir(&deb_dir)?;
+    if let Some(cache) = &inputs.settings.package_cache {
+        create_dir(cache)?;
+    }
+    stream::iter(installs.iter())
         .map(|install| {
-            let (fetcher, deb_dir) = (&fetcher, &deb_dir);
+            let deb_dir = &deb_dir;
             async move {
-                let path = repo::download_deb(fetcher, &install.candidate, deb_dir).await?;
+                let path =
+                    download_one(inputs, &resolved.fetcher, &install.candidate, deb_dir).await?;
                 reporter.event(Event::PackageDownloaded {
                     name: install.name.clone(),
                     version: install.new_version().to_string(),
@@ -214,59 +320,58 @@ pub async fn patch_debian(
         })
         .buffered(PARALLEL_DOWNLOADS)
         .try_collect()
-        .await?;
+        .await
+}
 
-    reporter.event(Event::Phase(Phase::BuildLayer));
-    let to_install: Vec<PackageToInstall> = plan
-        .installs
-        .iter()
-        .zip(downloads)
-        .map(|(install, deb_path)| PackageToInstall {
-            deb_path,
-            name: install.name.clone(),
-            arch: install.arch.clone(),
-            new: install.is_new(),
-        })
-        .collect();
-    let options = InstallOptions {
-        mtime: inputs.created_epoch,
+async fn download_one(
+    inputs: &DebianInputs<'_>,
+    fetcher: &Fetcher,
+    candidate: &Candidate,
+    deb_dir: &Path,
+) -> Result<PathBuf, DebianError> {
+    let Some(cache) = &inputs.settings.package_cache else {
+        return Ok(repo::download_deb(fetcher, candidate, deb_dir).await?);
     };
-    let work_dir = inputs.work_dir;
-    let (layer, report) = tokio::task::block_in_place(|| {
-        let (builder, report) = install::plan_layer(rootfs, &to_install, options)?;
-        let layer = builder.finish(work_dir)?;
-        Ok::<_, DebianError>((layer, report))
+    // The cache holds only files that download_deb verified against the signed index,
+    // named by that SHA-256, so a hit needs no second check.
+    let entry = &candidate.entry;
+    let cached = cache.join(format!("{}.deb", entry.sha256));
+    let local = deb_dir.join(format!(
+        "{}_{}_{}.deb",
+        entry.package,
+        entry.version.to_string().replace(':', "%3a"),
+        entry.architecture
+    ));
+    if cached.is_file() {
+        tracing::debug!(package = %entry.package, path = %cached.display(), "package cache hit");
+        copy_file(&cached, &local)?;
+        return Ok(local);
+    }
+    let downloaded = repo::download_deb(fetcher, candidate, deb_dir).await?;
+    // Copy then rename, so a concurrent reader never sees a partial file.
+    let partial = cache.join(format!("{}.deb.{}", entry.sha256, std::process::id()));
+    copy_file(&downloaded, &partial)?;
+    fs_err::rename(&partial, &cached).map_err(|source| DebianError::WorkDir {
+        path: cached.clone(),
+        source,
     })?;
+    Ok(downloaded)
+}
 
-    let vulnerabilities = inputs
-        .report
-        .map(vulnerabilities_by_package)
-        .unwrap_or_default();
-    for install in &plan.installs {
-        result.updates.push(PackageUpdate {
-            name: install.name.clone(),
-            arch: install.arch.clone(),
-            installed_version: install.old_version.as_ref().map(ToString::to_string),
-            new_version: install.new_version().to_string(),
-            vulnerabilities: vulnerabilities
-                .get(&install.name)
-                .cloned()
-                .unwrap_or_default(),
-            reason: install.reason.to_string(),
-        });
-    }
-    for package in report.packages {
-        if package.scripts_not_run.is_empty() && package.triggers.is_empty() {
-            continue;
-        }
-        result.scripts_not_run.push(ScriptsNotRun {
-            package: package.name,
-            scripts: package.scripts_not_run,
-            triggers: package.triggers,
-        });
-    }
-    result.layer = Some(layer);
-    Ok(result)
+fn create_dir(path: &Path) -> Result<(), DebianError> {
+    fs_err::create_dir_all(path).map_err(|source| DebianError::WorkDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<(), DebianError> {
+    fs_err::copy(from, to)
+        .map(drop)
+        .map_err(|source| DebianError::WorkDir {
+            path: to.to_owned(),
+            source,
+        })
 }
 
 /// The repositories' packages, parsed only as far as the image needs them.

@@ -13,6 +13,20 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// A short lower-case name, as the machine-readable progress lines print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::ResolveImage => "resolve-image",
+            Phase::ReadLayers => "read-layers",
+            Phase::ReadRepositories => "read-repositories",
+            Phase::Resolve => "resolve",
+            Phase::Download => "download",
+            Phase::BuildLayer => "build-layer",
+            Phase::Push => "push",
+        }
+    }
+
+    /// A phrase for progress lines, such as "reading the image's layers".
     pub fn describe(self) -> &'static str {
         match self {
             Phase::ResolveImage => "resolving the image",
@@ -26,10 +40,28 @@ impl Phase {
     }
 }
 
+/// A phase that moves files, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// Source layers read from the registry ([`Event::LayerRead`]).
+    Layers,
+    /// Packages downloaded from the repositories ([`Event::PackageDownloaded`]).
+    Packages,
+    /// Blobs sent to the destination registry ([`Event::BlobPushed`]).
+    Push,
+}
+
 /// One thing worth telling the user while a patch runs.
 #[derive(Debug, Clone)]
 pub enum Event {
     Phase(Phase),
+    /// The work of a transfer phase is known: `items` files of `bytes` in total. Comes
+    /// before the per-item events of that phase.
+    Planned {
+        transfer: Transfer,
+        items: usize,
+        bytes: u64,
+    },
     /// A layer of the source image was read.
     LayerRead {
         digest: String,

@@ -19,12 +19,13 @@ use crate::registry::auth::AuthEnv;
 use crate::registry::{
     InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions, ResolvedImage,
 };
-use crate::report::{Report, ReportError};
+use crate::report::{Report, ReportError, ReportFormat};
 use crate::rootfs::{self, ScanError};
 
-pub use events::{Event, NoReporter, Phase, Reporter};
+pub use events::{Event, NoReporter, Phase, Reporter, Transfer};
 pub use outcome::{
-    FailedPackage, PackageUpdate, PatchOutcome, PatchStatus, ScriptsNotRun, SkippedPackage,
+    Distro, FailedPackage, OUTCOME_SCHEMA_VERSION, PackageUpdate, PatchOutcome, PatchStatus,
+    ScriptsNotRun, SkippedPackage,
 };
 
 /// Everything a patch needs, resolved from flags, environment and files by the caller.
@@ -35,6 +36,13 @@ pub struct PatchSettings {
     /// The scanner report; `None` updates every installed package that has a newer
     /// version, as `apt-get upgrade` would.
     pub report: Option<PathBuf>,
+    /// The report's format; `None` detects it from the content.
+    pub scanner: Option<ReportFormat>,
+    /// Resolve the updates and stop before downloading packages or pushing.
+    pub dry_run: bool,
+    /// A directory of verified package files named by SHA-256, shared between patches;
+    /// `None` keeps downloads in the work directory only.
+    pub package_cache: Option<PathBuf>,
     /// `-t`: a bare tag or a full reference for the result.
     pub tag: Option<String>,
     /// Appended to the source tag as `TAG-SUFFIX` when `tag` is `None`.
@@ -175,7 +183,7 @@ async fn run(
     let report = settings
         .report
         .as_deref()
-        .map(Report::from_file)
+        .map(|path| Report::from_file(path, settings.scanner))
         .transpose()?;
     let platform = settings
         .platform
@@ -193,6 +201,11 @@ async fn run(
     reporter.event(Event::Phase(Phase::ResolveImage));
     let image = client.resolve_image(&source, platform.as_ref()).await?;
     reporter.event(Event::Phase(Phase::ReadLayers));
+    reporter.event(Event::Planned {
+        transfer: Transfer::Layers,
+        items: image.layers.len(),
+        bytes: image.layers.iter().map(|layer| layer.size).sum(),
+    });
     let scans = layers::read_layers(&client, &source, &image.layers, reporter).await?;
     let earlier = earlier_patch(&image, reporter)?;
     let base_rootfs = earlier
@@ -247,6 +260,7 @@ async fn run(
     };
 
     let mut outcome = PatchOutcome {
+        schema_version: OUTCOME_SCHEMA_VERSION,
         status: PatchStatus::NothingToPatch,
         source: source.to_string(),
         source_digest: image.manifest.digest.to_string(),
@@ -254,12 +268,25 @@ async fn run(
         manifest_digest: None,
         layer_digest: None,
         os: os.display_name(),
+        distro: Distro {
+            id: os.id.clone(),
+            version_id: os.version_id.clone(),
+        },
+        architecture: image_architecture(&image.config_bytes),
+        report_format: report
+            .as_ref()
+            .and_then(|report| report.format)
+            .map_or("", ReportFormat::name)
+            .to_owned(),
         updates: result.updates,
         skipped: result.skipped,
         failed: result.failed,
         scripts_not_run: result.scripts_not_run,
         warnings: result.warnings,
     };
+    if settings.dry_run && !outcome.updates.is_empty() {
+        outcome.status = PatchStatus::Planned;
+    }
     let Some(layer) = result.layer else {
         return Ok(outcome);
     };
@@ -310,6 +337,13 @@ async fn run(
     )?;
 
     reporter.event(Event::Phase(Phase::Push));
+    // The source layers count too: they are mounted or copied when the destination is
+    // another repository, and only checked for when it is the same one.
+    reporter.event(Event::Planned {
+        transfer: Transfer::Push,
+        items: image.layers.len() + 2,
+        bytes: image.layers.iter().map(|l| l.size).sum::<u64>() + layer.size + config.len() as u64,
+    });
     push::push_image(
         &client,
         &source,

@@ -16,6 +16,8 @@ pub struct PackageUpdate {
     /// Why the package is in the patch: `requested` by the report, or pulled in as a
     /// dependency of another update.
     pub reason: String,
+    /// The size of the package file in bytes, as the repository index gives it.
+    pub size: u64,
 }
 
 /// A reported package the patch leaves alone, and why.
@@ -46,11 +48,28 @@ pub struct ScriptsNotRun {
 pub enum PatchStatus {
     Patched,
     NothingToPatch,
+    /// A dry run found updates to install; nothing was downloaded or pushed.
+    Planned,
 }
+
+/// The image's distribution, from `os-release`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Distro {
+    /// `ID` (`debian`, `ubuntu`, `alpine`).
+    pub id: String,
+    /// `VERSION_ID` (`12`, `3.21.0`); empty on Debian testing and sid.
+    pub version_id: String,
+}
+
+/// The version of the JSON result's layout; it grows when a field changes meaning or is
+/// removed, not when one is added.
+pub const OUTCOME_SCHEMA_VERSION: u32 = 1;
 
 /// The result of one patch.
 #[derive(Debug, Clone, Serialize)]
 pub struct PatchOutcome {
+    /// [`OUTCOME_SCHEMA_VERSION`].
+    pub schema_version: u32,
     pub status: PatchStatus,
     /// The source image reference as given.
     pub source: String,
@@ -62,8 +81,13 @@ pub struct PatchOutcome {
     pub manifest_digest: Option<String>,
     /// The digest of the added layer; `None` when nothing was written.
     pub layer_digest: Option<String>,
-    /// The distribution of the image, as `os-release` names it.
+    /// The distribution of the image, as `os-release`'s `PRETTY_NAME` names it.
     pub os: String,
+    pub distro: Distro,
+    /// The image's architecture from its config (`amd64`), when it names one.
+    pub architecture: Option<String>,
+    /// The scanner format the report was read as (`trivy`, `grype`, `native`).
+    pub report_format: String,
     pub updates: Vec<PackageUpdate>,
     pub skipped: Vec<SkippedPackage>,
     pub failed: Vec<FailedPackage>,
