@@ -160,7 +160,11 @@ pub async fn patch_debian(
         mirrors: inputs.settings.repo_mirrors.clone(),
         ..FetchOptions::default()
     })?;
-    let fetched = load_repositories(rootfs, inputs.settings, &fetcher, &arch).await?;
+    let fetched = load_repositories(rootfs, inputs.settings, &fetcher, &arch)
+        .await?
+        .into_iter()
+        .map(|index| index.spill_to(inputs.work_dir))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut index = GrowingIndex::new(fetched, &arch, &installed, &report_requests).await?;
 
     reporter.event(Event::Phase(Phase::Resolve));
