@@ -3,22 +3,25 @@
 //! [`LayerBuilder`] collects entries by path (a later entry for a path replaces the earlier
 //! one) and writes them as one gzip-compressed tar whose bytes depend only on the entries:
 //! paths sorted by bytes, numeric owners with empty user and group names, no access or
-//! change times, PAX records for names that do not fit a ustar header, and a gzip header
-//! with mtime 0, no file name and compression level 6. Whiteouts follow the OCI image
+//! change times, PAX records for names that do not fit a ustar header, and gzip members
+//! with mtime 0, no file name and compression level 6 (see [`crate::gzip`]). Whiteouts follow the OCI image
 //! spec's layer changeset rules (`.wh.NAME`, `.wh..wh..opq`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use flate2::{Compression, GzBuilder};
 use tar::{EntryType, Header};
 
 use crate::digest::{Digest, HashingWriter};
+use crate::gzip::ParallelGzWriter;
 use crate::rootfs::normalize;
 
+/// The gzip level of layers: the default of gzip(1) and of Go's `compress/gzip`.
+const GZIP_LEVEL: u32 = 6;
+
 /// Content up to this size stays in memory; larger content goes to the spool file.
-const INLINE_LIMIT: u64 = 64 * 1024;
+const INLINE_LIMIT: u64 = 4 * 1024;
 
 /// The maximum name length a ustar header stores without a prefix split.
 const USTAR_NAME_MAX: usize = 100;
@@ -285,10 +288,7 @@ impl LayerBuilder {
         };
         let file = fs_err::File::create(&path).map_err(write_error)?;
         let compressed = HashingWriter::new(io::BufWriter::new(file));
-        let gzip = GzBuilder::new()
-            .mtime(0)
-            .operating_system(255)
-            .write(compressed, Compression::new(6));
+        let gzip = ParallelGzWriter::new(compressed, GZIP_LEVEL);
         let mut tar = tar::Builder::new(HashingWriter::new(gzip));
 
         let order = self.emission_order()?;
@@ -301,10 +301,9 @@ impl LayerBuilder {
         let (gzip, diff_id, uncompressed_size) = uncompressed.finish();
         let compressed = gzip.finish().map_err(write_error)?;
         let (buffered, digest, size) = compressed.finish();
-        let file = buffered
+        buffered
             .into_inner()
             .map_err(|error| write_error(error.into_error()))?;
-        file.sync_all().map_err(write_error)?;
         tracing::debug!(path = %path.display(), %digest, %diff_id, size, entries = order.len(), "layer written");
         Ok(BuiltLayer {
             path,

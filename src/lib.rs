@@ -8,6 +8,7 @@
 pub mod apk;
 pub mod deb;
 pub mod digest;
+pub mod gzip;
 pub mod image;
 pub mod layer;
 pub mod osrelease;

@@ -434,12 +434,52 @@ pub struct PackagesReader<R> {
     index: String,
     line_number: u64,
     line: Vec<u8>,
+    /// The raw lines of the current stanza.
+    stanza: Vec<u8>,
     done: bool,
     filter: Option<PackageFilter>,
 }
 
-/// Decides from a stanza's `Package` and raw `Provides` whether to build its entry.
-type PackageFilter = Box<dyn Fn(&str, &str) -> bool + Send>;
+/// Keeps the stanzas whose `Package` is one of `names` or whose `Provides` names one.
+struct PackageFilter {
+    names: std::collections::HashSet<String>,
+}
+
+impl PackageFilter {
+    /// Decides from the raw stanza, looking only at its `Package` and `Provides` lines,
+    /// so rejected stanzas are never parsed.
+    fn wants_stanza(&self, stanza: &[u8]) -> bool {
+        let mut lines = stanza.split(|b| *b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            if let Some(value) = line.strip_prefix(b"Package:") {
+                if self.names.contains(String::from_utf8_lossy(value).trim()) {
+                    return true;
+                }
+            } else if let Some(value) = line.strip_prefix(b"Provides:") {
+                let mut provides = String::from_utf8_lossy(value).into_owned();
+                while let Some(next) =
+                    lines.next_if(|l| l.starts_with(b" ") || l.starts_with(b"\t"))
+                {
+                    provides.push_str(&String::from_utf8_lossy(next));
+                }
+                if provided_names(&provides).any(|name| self.names.contains(name)) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// The package names in a raw `Provides` value, without versions or qualifiers.
+pub fn provided_names(provides: &str) -> impl Iterator<Item = &str> {
+    provides.split(',').filter_map(|item| {
+        let name = item
+            .split(['(', ' ', ':', '\t'])
+            .find(|part| !part.is_empty())?;
+        Some(name.trim())
+    })
+}
 
 #[derive(Default)]
 struct StanzaFields {
@@ -470,23 +510,22 @@ impl<R: BufRead> PackagesReader<R> {
             index: index.into(),
             line_number: 0,
             line: Vec::with_capacity(256),
+            stanza: Vec::with_capacity(4096),
             done: false,
             filter: None,
         }
     }
 
-    /// Skips stanzas for which `filter(package, provides)` is false before building
-    /// their entries.
-    pub fn with_filter(mut self, filter: impl Fn(&str, &str) -> bool + Send + 'static) -> Self {
-        self.filter = Some(Box::new(filter));
+    /// Yields only the stanzas whose `Package` is in `names` or whose `Provides` names
+    /// one of them; the others are skipped without being parsed.
+    pub fn with_names(mut self, names: std::collections::HashSet<String>) -> Self {
+        self.filter = Some(PackageFilter { names });
         self
     }
 
-    fn read_stanza(&mut self) -> Result<Option<StanzaFields>, PackagesError> {
-        let mut fields = StanzaFields::default();
-        let mut seen_field = false;
-        // The field that continuation lines extend, if it is one this scanner keeps.
-        let mut continued: Option<&'static str> = None;
+    fn read_raw_stanza(&mut self) -> Result<Option<u64>, PackagesError> {
+        self.stanza.clear();
+        let mut start = None;
         loop {
             self.line.clear();
             let read = self
@@ -498,17 +537,37 @@ impl<R: BufRead> PackagesReader<R> {
                 })?;
             if read == 0 {
                 self.done = true;
-                return Ok(seen_field.then_some(fields));
+                return Ok(start);
             }
             self.line_number += 1;
-            let line = String::from_utf8_lossy(&self.line);
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.trim().is_empty() {
-                if seen_field {
-                    return Ok(Some(fields));
+            if self.line.iter().all(u8::is_ascii_whitespace) {
+                if start.is_some() {
+                    return Ok(start);
                 }
                 continue;
             }
+            if self.line.starts_with(b"#") {
+                continue;
+            }
+            start.get_or_insert(self.line_number);
+            self.stanza.extend_from_slice(&self.line);
+            if !self.stanza.ends_with(b"\n") {
+                self.stanza.push(b'\n');
+            }
+        }
+    }
+
+    /// Parses the fields this scanner keeps from the stanza in `self.stanza`.
+    fn parse_stanza(&self, start_line: u64) -> Result<StanzaFields, PackagesError> {
+        let mut fields = StanzaFields {
+            start_line,
+            ..StanzaFields::default()
+        };
+        // The field that continuation lines extend, if it is one this scanner keeps.
+        let mut continued: Option<&'static str> = None;
+        let text = String::from_utf8_lossy(&self.stanza);
+        for (offset, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
             if line.starts_with([' ', '\t']) {
                 if let Some(name) = continued {
                     let target = fields.relation_field(name);
@@ -517,20 +576,13 @@ impl<R: BufRead> PackagesReader<R> {
                 }
                 continue;
             }
-            if line.starts_with('#') {
-                continue;
-            }
             let Some((name, value)) = line.split_once(':') else {
                 return Err(PackagesError::Stanza {
                     index: self.index.clone(),
-                    line: self.line_number,
+                    line: start_line + offset as u64,
                     reason: format!("line {line:?} is not a field"),
                 });
             };
-            if !seen_field {
-                fields.start_line = self.line_number;
-                seen_field = true;
-            }
             let value = value.trim().to_owned();
             continued = None;
             match name {
@@ -559,6 +611,7 @@ impl<R: BufRead> PackagesReader<R> {
                 _ => {}
             }
         }
+        Ok(fields)
     }
 
     fn build_entry(&self, fields: StanzaFields) -> Result<PackageEntry, PackagesError> {
@@ -645,22 +698,23 @@ impl<R: BufRead> Iterator for PackagesReader<R> {
             if self.done {
                 return None;
             }
-            match self.read_stanza() {
-                Ok(Some(fields)) => {
-                    let wanted = match (&self.filter, &fields.package) {
-                        (Some(filter), Some(package)) => filter(package, &fields.provides),
-                        _ => true,
-                    };
-                    if wanted {
-                        return Some(self.build_entry(fields));
-                    }
-                }
+            let start = match self.read_raw_stanza() {
+                Ok(Some(start)) => start,
                 Ok(None) => return None,
                 Err(error) => {
                     self.done = true;
                     return Some(Err(error));
                 }
+            };
+            if let Some(filter) = &self.filter
+                && !filter.wants_stanza(&self.stanza)
+            {
+                continue;
             }
+            return Some(
+                self.parse_stanza(start)
+                    .and_then(|fields| self.build_entry(fields)),
+            );
         }
     }
 }

@@ -556,11 +556,55 @@ pub struct FetchedIndex {
     pub url: String,
     /// The path relative to the `Release` file; its extension names the compression.
     pub path: String,
-    pub data: Bytes,
+    /// The compressed index, in memory or spilled to a temporary file.
+    pub data: IndexData,
     /// The repository URI that the index's `Filename` fields are relative to.
     pub repo_uri: Url,
     /// The repository and suite, for messages.
     pub origin: String,
+}
+
+/// Where a fetched index's bytes are kept.
+#[derive(Debug, Clone)]
+pub enum IndexData {
+    Memory(Bytes),
+    /// A temporary file, removed when the last clone is dropped.
+    File(Arc<tempfile::TempPath>),
+}
+
+impl FetchedIndex {
+    /// Moves the index bytes into a temporary file in `dir`, so an index that may be
+    /// scanned again does not stay in memory.
+    pub fn spill_to(self, dir: &Path) -> Result<Self, RepoError> {
+        let IndexData::Memory(bytes) = &self.data else {
+            return Ok(self);
+        };
+        let io_error = |path: &Path, source| RepoError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| io_error(dir, e))?;
+        file.write_all(bytes)
+            .map_err(|e| io_error(file.path(), e))?;
+        Ok(FetchedIndex {
+            data: IndexData::File(Arc::new(file.into_temp_path())),
+            ..self
+        })
+    }
+
+    fn reader(&self) -> Result<Box<dyn io::Read + Send + '_>, RepoError> {
+        match &self.data {
+            IndexData::Memory(bytes) => Ok(Box::new(bytes.as_ref())),
+            IndexData::File(path) => {
+                let file =
+                    fs_err::File::open(path.to_path_buf()).map_err(|source| RepoError::Io {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                Ok(Box::new(io::BufReader::with_capacity(256 * 1024, file)))
+            }
+        }
+    }
 }
 
 /// Fetches and verifies one source's `Packages` indexes for `arch` (and `all`).
@@ -601,7 +645,7 @@ async fn fetch_source(
         indexes.push(FetchedIndex {
             url: format!("{dist}{path}"),
             path,
-            data,
+            data: IndexData::Memory(data),
             repo_uri: source.uri.clone(),
             origin: origin.clone(),
         });
@@ -643,16 +687,10 @@ fn scan_index(
     arch: &str,
     filter: Option<&HashSet<String>>,
 ) -> Result<Vec<Candidate>, RepoError> {
-    let mut reader = PackagesReader::new(
-        decompress(&index.path, index.data.as_ref()),
-        index.url.clone(),
-    );
+    let mut reader =
+        PackagesReader::new(decompress(&index.path, index.reader()?), index.url.clone());
     if let Some(names) = filter {
-        let names = names.clone();
-        reader = reader.with_filter(move |package, provides| {
-            names.contains(package)
-                || (!provides.is_empty() && provided_names(provides).any(|n| names.contains(n)))
-        });
+        reader = reader.with_names(names.clone());
     }
     let mut candidates = Vec::new();
     for entry in reader {
@@ -671,14 +709,6 @@ fn scan_index(
     }
     tracing::debug!(url = %index.url, packages = candidates.len(), "parsed package index");
     Ok(candidates)
-}
-
-/// The package names in a raw `Provides` value, without versions or qualifiers.
-fn provided_names(provides: &str) -> impl Iterator<Item = &str> {
-    provides.split(',').filter_map(|item| {
-        let name = item.split(['(', ' ', ':']).find(|part| !part.is_empty())?;
-        Some(name.trim())
-    })
 }
 
 /// Parses fetched indexes into one [`RepoIndex`], each index on a blocking thread so
