@@ -245,10 +245,11 @@ async fn run_job(
         result: None,
         error: Some(error),
     };
-    let mut settings = match settings_from_args(args, entry.image.clone(), entry.report.clone()) {
-        Ok(settings) => settings,
-        Err(err) => return failed(EXIT_USER_ERROR, format!("{err:#}")),
-    };
+    let mut settings =
+        match settings_from_args(args, entry.image.clone(), Some(entry.report.clone())) {
+            Ok(settings) => settings,
+            Err(err) => return failed(EXIT_USER_ERROR, format!("{err:#}")),
+        };
     settings.platform = platform.clone();
     settings.tag = entry.tag.clone();
     if let Some(scanner) = &entry.scanner {

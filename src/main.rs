@@ -105,10 +105,11 @@ fn init_logging(verbose: u8, quiet: bool) {
 async fn run_patch(args: PatchArgs, quiet: bool) -> u8 {
     let format = args.result_format();
     let vex_path = args.output.clone();
-    let (Some(image), Some(report)) = (args.image.clone(), args.report.clone()) else {
-        eprintln!("error: --image and --report are required without --config");
+    let Some(image) = args.image.clone() else {
+        eprintln!("error: --image is required without --config");
         return EXIT_USER_ERROR;
     };
+    let report = args.report.clone();
     let settings = match settings_from_args(&args, image, report) {
         Ok(settings) => settings,
         Err(err) => {
@@ -236,7 +237,7 @@ fn report_format(flag: Option<ScannerFlag>) -> Option<ReportFormat> {
 fn settings_from_args(
     args: &PatchArgs,
     image: String,
-    report: std::path::PathBuf,
+    report: Option<std::path::PathBuf>,
 ) -> anyhow::Result<PatchSettings> {
     let mut ca_files = args.ca_files.clone();
     if let Some(path) = std::env::var_os("SSL_CERT_FILE") {

@@ -187,7 +187,11 @@ pub async fn patch_alpine(
                 .cloned()
                 .unwrap_or_default(),
             reason: install.reason.clone(),
-            size: install.entry.get('S').and_then(|s| s.parse().ok()).unwrap_or(0),
+            size: install
+                .entry
+                .get('S')
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
         });
     }
     if inputs.settings.dry_run {
