@@ -17,4 +17,5 @@ pub mod reference;
 pub mod registry;
 pub mod report;
 pub mod rootfs;
+pub mod transport;
 pub mod vex;
