@@ -102,13 +102,7 @@ pub struct PatchArgs {
     /// The image to patch, as a registry reference (`registry/repo:tag` or
     /// `repo@sha256:…`; `docker.io/library/` is the default prefix). Required unless
     /// `--config` is given.
-    #[arg(
-        short,
-        long,
-        value_name = "IMAGE",
-        requires = "report",
-        conflicts_with = "config"
-    )]
+    #[arg(short, long, value_name = "IMAGE", conflicts_with = "config")]
     pub image: Option<String>,
 
     /// The scanner report of the image's vulnerabilities (Trivy, Grype or copa
@@ -271,8 +265,8 @@ mod tests {
     fn image_or_config_is_required() {
         assert!(patch_args(&[]).is_err());
         assert!(
-            patch_args(&["-i", "debian:12"]).is_err(),
-            "--report is required"
+            patch_args(&["-i", "debian:12"]).is_ok(),
+            "without --report every package is updated"
         );
         assert!(patch_args(&["-i", "debian:12", "-r", "r.json"]).is_ok());
         assert!(patch_args(&["--config", "images.yaml"]).is_ok());
