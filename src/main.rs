@@ -24,6 +24,23 @@ const EXIT_PATCHED: u8 = 0;
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USER_ERROR: u8 = 2;
 const EXIT_NOTHING_TO_PATCH: u8 = 3;
+/// 128 + SIGINT, as shells report a process that a Ctrl-C ended.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Waits for SIGINT or SIGTERM and returns its name.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -118,7 +135,16 @@ async fn run_patch(args: PatchArgs, quiet: bool) -> u8 {
         }
     };
     let reporter = ProgressPrinter::new(ProgressMode::detect(quiet), None);
-    let result = patch::patch(&settings, &reporter).await;
+    // Dropping the patch future on a signal removes its work directory; a manifest is
+    // pushed only as the last step, so an interrupted run leaves no tag behind.
+    let result = tokio::select! {
+        result = patch::patch(&settings, &reporter) => result,
+        signal = shutdown_signal() => {
+            reporter.finish();
+            eprintln!("error: interrupted by {signal}; no manifest was pushed");
+            return EXIT_INTERRUPTED;
+        }
+    };
     reporter.finish();
     let outcome = match result {
         Ok(outcome) => outcome,

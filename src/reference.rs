@@ -306,7 +306,7 @@ fn check_host(host: &str) -> Result<(), String> {
         }
     }
     if let Some(port) = port
-        && (port.is_empty() || !port.chars().all(|c| c.is_ascii_digit()))
+        && !port.parse::<u16>().is_ok_and(|number| number > 0)
     {
         return invalid();
     }
@@ -478,6 +478,8 @@ mod tests {
             "-a",
             "exa_mple.com/app",
             "host:port/app",
+            "host:99999/app",
+            "127.0.0.1:0/app",
             HEX,
         ];
         for input in cases {

@@ -66,8 +66,12 @@ pub enum RepoError {
     },
     #[error(transparent)]
     DebMismatch(Box<DebMismatch>),
-    #[error("invalid mirror rewrite {value:?}: expected FROM=TO")]
-    Mirror { value: String },
+    #[error(
+        "invalid mirror rewrite {value:?}: {reason}\n\
+         hint: write FROM=TO with two URLs, such as \
+         http://deb.debian.org/debian=file:///srv/mirror/debian"
+    )]
+    Mirror { value: String, reason: String },
 }
 
 /// A downloaded .deb that does not match its index entry.
@@ -101,16 +105,36 @@ pub struct MirrorRewrite {
 impl FromStr for MirrorRewrite {
     type Err = RepoError;
 
+    /// Parses `FROM=TO`. Both sides must be URLs, `TO` with an `http`, `https` or
+    /// `file` scheme. A trailing `/` on one side is added to the other, so
+    /// `http://a/debian/=file:///m` and `http://a/debian=file:///m/` both map
+    /// `http://a/debian/dists/…` to `file:///m/dists/…`.
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value.split_once('=') {
-            Some((from, to)) if !from.is_empty() && !to.is_empty() => Ok(MirrorRewrite {
-                from: from.to_owned(),
-                to: to.to_owned(),
-            }),
-            _ => Err(RepoError::Mirror {
-                value: value.to_owned(),
-            }),
+        let invalid = |reason: &str| RepoError::Mirror {
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (from, to) = value
+            .split_once('=')
+            .ok_or_else(|| invalid("there is no `=` between FROM and TO"))?;
+        let (from, to) = (from.trim(), to.trim());
+        if Url::parse(from).is_err() {
+            return Err(invalid("FROM is not a URL"));
         }
+        let target = Url::parse(to).map_err(|_| invalid("TO is not a URL"))?;
+        if !matches!(target.scheme(), "http" | "https" | "file") {
+            return Err(invalid("TO must be an http, https or file URL"));
+        }
+        let (mut from, mut to) = (from.to_owned(), to.to_owned());
+        if from.ends_with('/') != to.ends_with('/') {
+            if !from.ends_with('/') {
+                from.push('/');
+            }
+            if !to.ends_with('/') {
+                to.push('/');
+            }
+        }
+        Ok(MirrorRewrite { from, to })
     }
 }
 
@@ -1020,6 +1044,32 @@ mod tests {
         let other = Url::parse("http://b.invalid/debian/x").unwrap();
         assert_eq!(fetcher.rewrite(&other), other);
         assert!("nothing".parse::<MirrorRewrite>().is_err());
+    }
+
+    #[test]
+    fn mirror_rewrite_rejects_bad_urls() {
+        let cases = [
+            "http://a.invalid/debian=notaurl",
+            "notaurl=http://127.0.0.1/m",
+            "http://a.invalid/debian=ftp://127.0.0.1/m",
+            "http://a.invalid/debian",
+        ];
+        for text in cases {
+            let error = text.parse::<MirrorRewrite>().unwrap_err();
+            assert!(error.to_string().contains(text), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn mirror_rewrite_matches_trailing_slashes() {
+        let mirror: MirrorRewrite = "http://a.invalid/debian/=http://127.0.0.1:9/x"
+            .parse()
+            .unwrap();
+        assert_eq!(mirror.from, "http://a.invalid/debian/");
+        assert_eq!(mirror.to, "http://127.0.0.1:9/x/");
+        let mirror: MirrorRewrite = "http://a.invalid/debian=file:///srv/m/".parse().unwrap();
+        assert_eq!(mirror.from, "http://a.invalid/debian/");
+        assert_eq!(mirror.to, "file:///srv/m/");
     }
 
     #[test]
