@@ -655,6 +655,35 @@ fn patch_alpine_matches_apk() {
     check_apk_accepts(&rootfs, &oracle);
 }
 
+/// Files of the apk-tools and libapk packages, which the distroless variant lacks.
+const APK_TOOLS_FILES: &[&str] = &["sbin/apk", "usr/lib/libapk.so.3.0.0"];
+
+#[test]
+fn patch_distroless_matches_apk() {
+    let fixture = alpine_fixture();
+    let (bundle, layer_paths) = patch_and_unpack(DISTROLESS_LAYOUT_TAG);
+    let rootfs = bundle.path().join("rootfs");
+    for path in APK_TOOLS_FILES {
+        assert_eq!(
+            tree::file_state(&rootfs, Path::new(path)),
+            FileState::Missing,
+            "the patched distroless image must not gain {path}"
+        );
+    }
+    let oracle = fixture_oracle().join("rootfs");
+    compare_with_oracle(&fixture.rootfs, &oracle, &rootfs, &layer_paths);
+
+    // The image cannot run apk, so the oracle's apk-tools files are copied in to check
+    // the database; with them the tree must pass the same checks as the full image.
+    for path in APK_TOOLS_FILES {
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(oracle.join(path))
+            .arg(rootfs.join(path)));
+    }
+    check_apk_accepts(&rootfs, &oracle);
+}
+
 /// Checks the harness itself: the unpatched root filesystem differs from the oracle.
 #[test]
 fn oracle_comparison_rejects_unpatched_rootfs() {
