@@ -697,3 +697,208 @@ fn oracle_comparison_rejects_unpatched_rootfs() {
         "comparing the unpatched root filesystem with the oracle must fail"
     );
 }
+
+/// A copy of the fixture repository in a new temporary directory, to make a bad variant
+/// of; the repository is at `DIR/repo`.
+fn repository_copy() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(&alpine_fixture().repo)
+        .arg(dir.path().join("repo")));
+    dir
+}
+
+/// Gunzips `member`, lets `edit` change the content of the tar entry `name` in place
+/// (same length, so the tar headers stay valid) and gzips the result again.
+fn edit_tar_member(member: &[u8], name: &str, edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+    let mut tar_bytes = gunzip(member);
+    let (start, size) = {
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        archive
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|entry| entry.path().unwrap().to_string_lossy() == name)
+            .map(|entry| (entry.raw_file_position() as usize, entry.size() as usize))
+            .unwrap_or_else(|| panic!("no tar entry {name}"))
+    };
+    edit(&mut tar_bytes[start..start + size]);
+    gzip(&tar_bytes)
+}
+
+/// Flips the case of the first letter after `field` in `data`, a one-byte change.
+fn flip_after(data: &mut [u8], field: &[u8]) {
+    let position = data
+        .windows(field.len())
+        .position(|window| window == field)
+        .unwrap_or_else(|| panic!("no {:?} to change", String::from_utf8_lossy(field)));
+    data[position + field.len()] ^= 0x20;
+}
+
+/// A gzip member holding one tar entry `.SIGN.RSA.KEY_NAME.pub` with `signature` and no
+/// end-of-archive blocks, as abuild-sign writes the signature of an index or package.
+fn signature_member(key_name: &str, signature: &[u8]) -> Vec<u8> {
+    let mut header = tar::Header::new_ustar();
+    header
+        .set_path(format!(".SIGN.RSA.{key_name}.pub"))
+        .unwrap();
+    header.set_size(signature.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1_780_000_000);
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append(&header, signature).unwrap();
+    let mut tar_bytes = builder.into_inner().unwrap();
+    tar_bytes.truncate(tar_bytes.len() - 1024);
+    gzip(&tar_bytes)
+}
+
+/// Signs `data` with SHA-1 PKCS#1 v1.5 with the RSA private key `key` (openssl), as
+/// abuild-sign does.
+fn openssl_sign(key: &Path, data: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("data");
+    let output = dir.path().join("signature");
+    fs_err::write(&input, data).unwrap();
+    run(Command::new("openssl")
+        .args(["dgst", "-sha1", "-sign"])
+        .arg(key)
+        .arg("-out")
+        .arg(&output)
+        .arg(&input));
+    fs_err::read(&output).unwrap()
+}
+
+/// Runs a patch of the fixture with `repo` and `report` and expects a failure (exit
+/// code 1 or 2) whose error contains each of `expected`, with nothing pushed.
+fn expect_failure(repo: &Path, report: &Path, expected: &[&str]) {
+    let registry = registry_with(LAYOUT_TAG);
+    let outcome = patch(&registry, report, repo, &[]);
+    assert!(
+        outcome.code == 1 || outcome.code == 2,
+        "expected exit code 1 or 2\n{outcome}"
+    );
+    for needle in expected {
+        assert!(
+            outcome.stderr.contains(needle),
+            "the error must mention {needle:?}\n{outcome}"
+        );
+    }
+    assert!(
+        registry.manifest(REPOSITORY, PATCHED_TAG).is_none(),
+        "nothing may be pushed on a failure\n{outcome}"
+    );
+}
+
+#[test]
+fn tampered_index_is_rejected() {
+    let fixture = alpine_fixture();
+    let dir = repository_copy();
+    let repo = dir.path().join("repo");
+    let index = repo.join(&fixture.arch).join("APKINDEX.tar.gz");
+    let mut members = gzip_members(&fs_err::read(&index).unwrap());
+    assert_eq!(
+        members.len(),
+        2,
+        "the index is a signature and one content member"
+    );
+    members[1] = edit_tar_member(&members[1], "APKINDEX", |data| flip_after(data, b"\nT:"));
+    fs_err::write(&index, members.concat()).unwrap();
+
+    let (_report_dir, report) = fixed_report();
+    expect_failure(
+        &repo,
+        &report,
+        &["APKINDEX.tar.gz", &fixture.key_name, "does not match"],
+    );
+}
+
+/// Re-signs the copied repository's index with a new key the image lacks and returns
+/// the key's name.
+fn sign_with_unknown_key(repo: &Path) -> String {
+    let fixture = alpine_fixture();
+    let key_name = "layermend-unknown.rsa".to_owned();
+    let key = repo.join(&key_name);
+    run(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048"));
+    let index = repo.join(&fixture.arch).join("APKINDEX.tar.gz");
+    let mut members = gzip_members(&fs_err::read(&index).unwrap());
+    members[0] = signature_member(&key_name, &openssl_sign(&key, &members[1]));
+    fs_err::write(&index, members.concat()).unwrap();
+    key_name
+}
+
+#[test]
+fn unknown_index_key_is_rejected() {
+    let dir = repository_copy();
+    let repo = dir.path().join("repo");
+    let key_name = sign_with_unknown_key(&repo);
+    let (_report_dir, report) = fixed_report();
+    expect_failure(
+        &repo,
+        &report,
+        &[&key_name, "/etc/apk/keys", "--allow-untrusted-repo"],
+    );
+}
+
+#[test]
+fn unknown_index_key_allowed_when_untrusted() {
+    let dir = repository_copy();
+    let repo = dir.path().join("repo");
+    let key_name = sign_with_unknown_key(&repo);
+    let (_report_dir, report) = fixed_report();
+    let registry = registry_with(LAYOUT_TAG);
+    let outcome = patch(&registry, &report, &repo, &["--allow-untrusted-repo"]);
+    assert_eq!(
+        outcome.code, 0,
+        "--allow-untrusted-repo must accept the index\n{outcome}"
+    );
+    let output = format!("{}{}", outcome.stdout, outcome.stderr);
+    assert!(
+        output.contains("untrusted") && output.contains(&key_name),
+        "the output must warn about the untrusted index and name its key\n{outcome}"
+    );
+    assert!(
+        registry.manifest(REPOSITORY, PATCHED_TAG).is_some(),
+        "the patched image must be pushed\n{outcome}"
+    );
+}
+
+#[test]
+fn package_checksum_mismatch_is_rejected() {
+    let fixture = alpine_fixture();
+    let dir = repository_copy();
+    let repo = dir.path().join("repo");
+    let version = &repository_versions()["zlib"];
+    let file_name = format!("zlib-{version}.apk");
+    let package = repo.join(&fixture.arch).join(&file_name);
+    let mut members = gzip_members(&fs_err::read(&package).unwrap());
+    assert_eq!(
+        members.len(),
+        3,
+        "{file_name}: signature, control and data members"
+    );
+    members[1] = edit_tar_member(&members[1], ".PKGINFO", |data| {
+        flip_after(data, b"pkgdesc = ")
+    });
+    fs_err::write(&package, members.concat()).unwrap();
+
+    let (_report_dir, report) = fixed_report();
+    expect_failure(&repo, &report, &["zlib", version, "checksum"]);
+}
+
+#[test]
+fn missing_fixed_version_is_rejected() {
+    let available = &repository_versions()["zlib"];
+    let (_report_dir, report) = write_report(&[("zlib".to_owned(), "1.3.2-r9".to_owned())]);
+    expect_failure(
+        &alpine_fixture().repo,
+        &report,
+        &["zlib", "1.3.2-r9", available],
+    );
+}
