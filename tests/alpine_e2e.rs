@@ -39,14 +39,14 @@ struct AlpineFixture {
     layout: PathBuf,
     /// The repository directory: `ARCH/APKINDEX.tar.gz` and the .apk files.
     repo: PathBuf,
-    /// The key pair that signs the repository: `KEY_NAME` and `KEY_NAME.pub`.
-    keys: PathBuf,
     /// The repository URL the image's `/etc/apk/repositories` names.
     repo_url: String,
     key_name: String,
     arch: String,
     /// Names of the rebuilt packages.
     packages: Vec<String>,
+    /// The rebuilt package that carries a `.post-upgrade` script and a trigger.
+    scripted: String,
 }
 
 impl AlpineFixture {
@@ -77,7 +77,6 @@ fn alpine_fixture() -> &'static AlpineFixture {
             rootfs: dir.join("rootfs"),
             layout: dir.join("layout"),
             repo: dir.join("repo"),
-            keys: dir.join("keys"),
             repo_url: env["REPO_URL"].clone(),
             key_name: env["KEY_NAME"].clone(),
             arch: env["ARCH"].clone(),
@@ -85,6 +84,7 @@ fn alpine_fixture() -> &'static AlpineFixture {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
+            scripted: env["SCRIPTED"].clone(),
         }
     })
 }
@@ -374,9 +374,10 @@ fn new_layer_paths(registry: &Registry, manifest: &common::Manifest) -> BTreeSet
         .collect()
 }
 
-/// The entries of a `scripts.tar` or `scripts.tar.gz`, by name, so archives that apk and
-/// layermend compressed or timestamped differently compare by what apk reads from them.
-fn scripts_entries(path: &Path) -> BTreeMap<String, Vec<u8>> {
+/// The entries of a `scripts.tar` or `scripts.tar.gz` (mode and content, by name), so
+/// archives that apk and layermend compressed or timestamped differently compare by what
+/// apk reads from them.
+fn scripts_entries(path: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
     let bytes = fs_err::read(path).unwrap();
     let tar_bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
@@ -392,9 +393,10 @@ fn scripts_entries(path: &Path) -> BTreeMap<String, Vec<u8>> {
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
         let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mode = entry.header().mode().unwrap();
         let mut data = Vec::new();
         entry.read_to_end(&mut data).unwrap();
-        entries.insert(name, data);
+        entries.insert(name, (mode, data));
     }
     entries
 }
@@ -570,9 +572,9 @@ fn check_one_layer_added(
     );
 }
 
-/// Patches the fixture's `layout_tag`, checks the image and returns the unpacked bundle
-/// and the new layer's paths.
-fn patch_and_unpack(layout_tag: &str) -> (TempDir, BTreeSet<PathBuf>) {
+/// Patches the fixture's `layout_tag`, checks the image and returns the unpacked bundle,
+/// the new layer's paths and the first run's outcome.
+fn patch_and_unpack(layout_tag: &str) -> (TempDir, BTreeSet<PathBuf>, Outcome) {
     let fixture = alpine_fixture();
     let registry = registry_with(layout_tag);
     let (_report_dir, report) = fixed_report();
@@ -631,19 +633,22 @@ fn patch_and_unpack(layout_tag: &str) -> (TempDir, BTreeSet<PathBuf>) {
         &format!("{REPOSITORY}:{PATCHED_TAG}"),
         bundle.path(),
     );
-    (bundle, layer_paths)
+    (bundle, layer_paths, outcome)
 }
 
 #[test]
 fn patch_alpine_matches_apk() {
     let fixture = alpine_fixture();
-    let (bundle, layer_paths) = patch_and_unpack(LAYOUT_TAG);
+    let (bundle, layer_paths, outcome) = patch_and_unpack(LAYOUT_TAG);
     let rootfs = bundle.path().join("rootfs");
     let oracle = fixture_oracle().join("rootfs");
     let changed = compare_with_oracle(&fixture.rootfs, &oracle, &rootfs, &layer_paths);
-    // The rebuilt packages add usr/share/layermend/NAME.txt and libcrypto3 drops capi.so.
+    // The rebuilt packages add usr/share/layermend/NAME.txt, libcrypto3 drops capi.so,
+    // and the scripted package adds two scripts and a trigger line.
     for path in [
         "lib/apk/db/installed",
+        "lib/apk/db/scripts.tar.gz",
+        "lib/apk/db/triggers",
         "usr/share/layermend/zlib.txt",
         "usr/lib/engines-3/capi.so",
     ] {
@@ -653,6 +658,23 @@ fn patch_alpine_matches_apk() {
         );
     }
     check_apk_accepts(&rootfs, &oracle);
+    check_scripts_listed(&outcome);
+}
+
+/// Checks that the output lists the scripted package's scripts and trigger as not run.
+fn check_scripts_listed(outcome: &Outcome) {
+    let scripted = &alpine_fixture().scripted;
+    let line = outcome
+        .stdout
+        .lines()
+        .find(|line| line.contains("not run") && line.contains(scripted.as_str()))
+        .unwrap_or_else(|| panic!("stdout must list the scripts of {scripted} not run\n{outcome}"));
+    for needle in ["post-upgrade", "/usr/share/layermend"] {
+        assert!(
+            line.contains(needle),
+            "the line of {scripted} must name {needle}: {line}"
+        );
+    }
 }
 
 /// Files of the apk-tools and libapk packages, which the distroless variant lacks.
@@ -661,7 +683,8 @@ const APK_TOOLS_FILES: &[&str] = &["sbin/apk", "usr/lib/libapk.so.3.0.0"];
 #[test]
 fn patch_distroless_matches_apk() {
     let fixture = alpine_fixture();
-    let (bundle, layer_paths) = patch_and_unpack(DISTROLESS_LAYOUT_TAG);
+    let (bundle, layer_paths, outcome) = patch_and_unpack(DISTROLESS_LAYOUT_TAG);
+    check_scripts_listed(&outcome);
     let rootfs = bundle.path().join("rootfs");
     for path in APK_TOOLS_FILES {
         assert_eq!(
