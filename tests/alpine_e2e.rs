@@ -37,6 +37,8 @@ struct AlpineFixture {
     /// The root filesystem the `alpine` tag was packed from. Never modify it.
     rootfs: PathBuf,
     layout: PathBuf,
+    /// The key pair that signs the repository: `KEY_NAME` and `KEY_NAME.pub`.
+    keys: PathBuf,
     /// The repository directory: `ARCH/APKINDEX.tar.gz` and the .apk files.
     repo: PathBuf,
     /// The repository URL the image's `/etc/apk/repositories` names.
@@ -77,6 +79,7 @@ fn alpine_fixture() -> &'static AlpineFixture {
             rootfs: dir.join("rootfs"),
             layout: dir.join("layout"),
             repo: dir.join("repo"),
+            keys: dir.join("keys"),
             repo_url: env["REPO_URL"].clone(),
             key_name: env["KEY_NAME"].clone(),
             arch: env["ARCH"].clone(),
@@ -923,5 +926,33 @@ fn missing_fixed_version_is_rejected() {
         &alpine_fixture().repo,
         &report,
         &["zlib", "1.3.2-r9", available],
+    );
+}
+
+#[test]
+fn bad_package_signature_is_rejected() {
+    let fixture = alpine_fixture();
+    let dir = repository_copy();
+    let repo = dir.path().join("repo");
+    let version = &repository_versions()["zlib"];
+    let package = repo.join(&fixture.arch).join(format!("zlib-{version}.apk"));
+    let mut members = gzip_members(&fs_err::read(&package).unwrap());
+    // A signature by the image's own key, but over the data member instead of the
+    // control member: the key is known, the signature does not match.
+    let key = fixture.keys.join(&fixture.key_name);
+    members[0] = signature_member(&fixture.key_name, &openssl_sign(&key, &members[2]));
+    fs_err::write(&package, members.concat()).unwrap();
+
+    let (_report_dir, report) = fixed_report();
+    expect_failure(
+        &repo,
+        &report,
+        &[
+            "zlib",
+            version,
+            "signature",
+            &fixture.key_name,
+            "--allow-untrusted-repo",
+        ],
     );
 }
