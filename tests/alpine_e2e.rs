@@ -1,7 +1,7 @@
 //! End-to-end tests of `layermend patch` on a real Alpine 3.23 image in a real registry,
-//! with a signed test repository of rebuilt packages, checked against what real
-//! apk-tools 3.0.8 does with `apk upgrade --no-network --no-scripts` of the same packages
-//! from the same repository in a chroot copy of the same root filesystem (the oracle).
+//! with a signed test repository of rebuilt packages. The oracle is real apk-tools 3.0.8:
+//! `apk upgrade --no-network --no-scripts` of the same packages from the same repository
+//! in a chroot copy of the same root filesystem.
 //!
 //! Needs root (chroot, and the fixture keeps root ownership) and the tools `.ci/run`
 //! installs; the fixture comes from `tests/fixtures/alpine.sh`.
@@ -117,8 +117,8 @@ fn installed_versions(root: &Path) -> BTreeMap<String, String> {
     stanza_versions(&fs_err::read_to_string(root.join("lib/apk/db/installed")).unwrap())
 }
 
-/// The members of a concatenation of gzip streams (an .apk or APKINDEX.tar.gz), as raw
-/// compressed bytes.
+/// Splits a concatenation of gzip streams (an .apk or APKINDEX.tar.gz) into its members,
+/// as raw compressed bytes.
 fn gzip_members(bytes: &[u8]) -> Vec<Vec<u8>> {
     let mut members = Vec::new();
     let mut rest = bytes;
@@ -173,7 +173,7 @@ fn repository_versions() -> BTreeMap<String, String> {
     stanza_versions(&String::from_utf8(index).unwrap())
 }
 
-/// Writes a Trivy report for the fixture image that asks for `fixed` (package name and
+/// Writes a Trivy report for the fixture image that requests `fixed` (package name and
 /// fixed version) and returns its directory and path.
 fn write_report(fixed: &[(String, String)]) -> (TempDir, PathBuf) {
     let fixture = alpine_fixture();
@@ -217,7 +217,7 @@ fn write_report(fixed: &[(String, String)]) -> (TempDir, PathBuf) {
     (dir, path)
 }
 
-/// The report that asks for every rebuilt package at its repository version.
+/// Writes the report that requests every rebuilt package at its repository version.
 fn fixed_report() -> (TempDir, PathBuf) {
     let versions = repository_versions();
     let fixed: Vec<(String, String)> = alpine_fixture()
@@ -357,8 +357,7 @@ fn changed_paths(original: &Path, oracle: &Path) -> BTreeSet<PathBuf> {
         .collect()
 }
 
-/// The paths the last layer of `manifest` writes or removes (whiteouts), and the layer's
-/// compressed digest.
+/// Lists the paths the last layer of `manifest` writes or removes (whiteouts).
 fn new_layer_paths(registry: &Registry, manifest: &common::Manifest) -> BTreeSet<PathBuf> {
     let layer = manifest.layers().last().unwrap();
     let blob = registry.blob(REPOSITORY, layer["digest"].as_str().unwrap());
@@ -377,9 +376,9 @@ fn new_layer_paths(registry: &Registry, manifest: &common::Manifest) -> BTreeSet
         .collect()
 }
 
-/// The entries of a `scripts.tar` or `scripts.tar.gz` (mode and content, by name), so
-/// archives that apk and layermend compressed or timestamped differently compare by what
-/// apk reads from them.
+/// Reads the entries of a `scripts.tar` or `scripts.tar.gz` (mode and content, by name).
+/// Archives that apk and layermend compressed or timestamped differently then compare by
+/// what apk reads from them.
 fn scripts_entries(path: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
     let bytes = fs_err::read(path).unwrap();
     let tar_bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
@@ -700,7 +699,7 @@ fn patch_distroless_matches_apk() {
     compare_with_oracle(&fixture.rootfs, &oracle, &rootfs, &layer_paths);
 
     // The image cannot run apk, so the oracle's apk-tools files are copied in to check
-    // the database; with them the tree must pass the same checks as the full image.
+    // the database. With them, the tree must pass the same checks as the full image.
     for path in APK_TOOLS_FILES {
         run(Command::new("cp")
             .arg("-a")
@@ -762,7 +761,7 @@ fn flip_after(data: &mut [u8], field: &[u8]) {
     data[position + field.len()] ^= 0x20;
 }
 
-/// A gzip member holding one tar entry `.SIGN.RSA.KEY_NAME.pub` with `signature` and no
+/// Builds a gzip member containing one tar entry `.SIGN.RSA.KEY_NAME.pub` with `signature` and no
 /// end-of-archive blocks, as abuild-sign writes the signature of an index or package.
 fn signature_member(key_name: &str, signature: &[u8]) -> Vec<u8> {
     let mut header = tar::Header::new_ustar();

@@ -68,15 +68,16 @@ pub enum AlpineError {
         #[source]
         source: PackageError,
     },
+    /// The source names the package's URL and key.
     #[error(
-        "package {package} {version} from {url} failed signature verification\nhint: pass --allow-untrusted-repo to accept it anyway"
+        "package {package} {version} failed signature verification\n\
+         hint: pass --allow-untrusted-repo to accept it anyway"
     )]
     PackageSignature {
         package: String,
         version: String,
-        url: String,
         #[source]
-        source: IndexError,
+        source: Box<IndexError>,
     },
     #[error(transparent)]
     Install(#[from] InstallError),
@@ -261,8 +262,8 @@ pub async fn patch_alpine(
 
 /// Checks a downloaded package against the index's `C:` checksum and, when the package
 /// is signed, its signature against the image's keys. apk-tools 3.0.8 installs a package
-/// from a trusted index without checking its signature; layermend checks a signature
-/// that is present, and with `--allow-untrusted-repo` returns a warning for a bad one.
+/// from a trusted index without checking its signature, but layermend checks a signature
+/// that is present. With `--allow-untrusted-repo` a bad one gives a warning instead.
 fn check_package(
     install: &resolve::Install,
     package: &ApkPackage,
@@ -301,8 +302,7 @@ fn check_package(
         Err(source) => Err(AlpineError::PackageSignature {
             package: install.name.clone(),
             version: install.entry.version().to_owned(),
-            url: url.to_owned(),
-            source,
+            source: Box::new(source),
         }),
     }
 }
