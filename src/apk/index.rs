@@ -39,7 +39,9 @@ pub enum IndexError {
          hint: add the key to the image, or pass --allow-untrusted-repo"
     )]
     UnknownKey { what: String, key: String },
-    #[error("{what}: the signature by key {key:?} does not match the index (tampered or corrupt)")]
+    #[error(
+        "{what}: the signature by key {key:?} does not match the signed data (tampered or corrupt)"
+    )]
     BadSignature { what: String, key: String },
     #[error("{what}: signature entry {name:?} has an unsupported type")]
     UnsupportedSignature { what: String, name: String },
@@ -195,7 +197,11 @@ pub fn read_index(
     })
 }
 
-fn verify(
+/// Verifies `signature`, the content of the signature entry `name`
+/// (`.SIGN.RSA.KEY`, `.SIGN.RSA256.KEY` or `.SIGN.RSA512.KEY`), over `signed` with the
+/// image's key of that name, and returns the key name. `what` names the index or package
+/// in errors.
+pub fn verify(
     name: &str,
     signature: &[u8],
     signed: &[u8],

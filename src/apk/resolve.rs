@@ -12,13 +12,17 @@ use super::version;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ResolveError {
     #[error(
-        "{package}: no repository has a version >= {fixed} (installed: {installed})\n\
-         hint: check the image's /etc/apk/repositories or --repo-mirror"
+        "{package}: no repository has a version >= {fixed} (installed: {installed}, newest \
+         available: {})\n\
+         hint: check the image's /etc/apk/repositories or --repo-mirror",
+        newest.as_deref().unwrap_or("none")
     )]
     NoFixedVersion {
         package: String,
         fixed: String,
         installed: String,
+        /// The newest version of the package in any repository, if there is one.
+        newest: Option<String>,
     },
     #[error(
         "{package} {version} depends on {dependency}, which no repository or installed package provides"
@@ -193,6 +197,8 @@ pub fn resolve(
                     package: request.name.clone(),
                     fixed: floor.to_owned(),
                     installed: installed_version.to_owned(),
+                    newest: newest(available, |entry| entry.name() == request.name)
+                        .map(|(_, entry)| entry.version().to_owned()),
                 };
                 if !ignore_errors {
                     return Err(error);

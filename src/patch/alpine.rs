@@ -68,6 +68,17 @@ pub enum AlpineError {
         #[source]
         source: PackageError,
     },
+    /// The source names the package's URL and key.
+    #[error(
+        "package {package} {version} failed signature verification\n\
+         hint: pass --allow-untrusted-repo to accept it anyway"
+    )]
+    PackageSignature {
+        package: String,
+        version: String,
+        #[source]
+        source: Box<IndexError>,
+    },
     #[error(transparent)]
     Install(#[from] InstallError),
     #[error(transparent)]
@@ -221,6 +232,10 @@ pub async fn patch_alpine(
                 url: url.to_string(),
                 source,
             })?;
+        if let Some(warning) = check_package(install, &package, &keys, url.as_str(), inputs)? {
+            reporter.event(Event::Warning(warning.clone()));
+            result.warnings.push(warning);
+        }
         packages.push(package);
     }
 
@@ -252,6 +267,53 @@ pub async fn patch_alpine(
     }
     result.layer = Some(layer);
     Ok(result)
+}
+
+/// Checks a downloaded package against the index's `C:` checksum and, when the package
+/// is signed, its signature against the image's keys. apk-tools 3.0.8 installs a package
+/// from a trusted index without checking its signature, but layermend checks a signature
+/// that is present. With `--allow-untrusted-repo` a bad one gives a warning instead.
+fn check_package(
+    install: &resolve::Install,
+    package: &ApkPackage,
+    keys: &Keys,
+    url: &str,
+    inputs: &AlpineInputs<'_>,
+) -> Result<Option<String>, AlpineError> {
+    let expected = install.entry.get('C').unwrap_or("");
+    if package.checksum != expected {
+        return Err(InstallError::ChecksumMismatch {
+            package: format!("{} {}", install.name, install.entry.version()),
+            expected: expected.to_owned(),
+            actual: package.checksum.clone(),
+        }
+        .into());
+    }
+    let Some(signature) = &package.signature else {
+        return Ok(None);
+    };
+    match index::verify(
+        &signature.path,
+        &signature.data,
+        &package.control_compressed,
+        keys,
+        url,
+    ) {
+        Ok(key) => {
+            tracing::debug!(package = %install.name, key, "apk package signature verified");
+            Ok(None)
+        }
+        Err(source) if inputs.settings.allow_untrusted_repo => Ok(Some(format!(
+            "using package {} {} with an unverified signature: {source}",
+            install.name,
+            install.entry.version()
+        ))),
+        Err(source) => Err(AlpineError::PackageSignature {
+            package: install.name.clone(),
+            version: install.entry.version().to_owned(),
+            source: Box::new(source),
+        }),
+    }
 }
 
 /// One request per reported package, at the highest fixed version named for it.
