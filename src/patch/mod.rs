@@ -284,6 +284,9 @@ async fn run(
         scripts_not_run: result.scripts_not_run,
         warnings: result.warnings,
     };
+    if let Some(report) = &report {
+        add_unfixable(&mut outcome, report);
+    }
     if settings.dry_run && !outcome.updates.is_empty() {
         outcome.status = PatchStatus::Planned;
     }
@@ -421,6 +424,23 @@ fn without_top_layer(
     base.manifest.bytes = manifest.into();
     base.layers.truncate(earlier.layer_index);
     Ok(base)
+}
+
+/// Lists the reported packages whose vulnerabilities have no fixed version as skipped,
+/// so a run with nothing fixable says why.
+fn add_unfixable(outcome: &mut PatchOutcome, report: &Report) {
+    for vulnerability in &report.unfixable {
+        let name = &vulnerability.package;
+        let known = outcome.updates.iter().any(|u| &u.name == name)
+            || outcome.skipped.iter().any(|s| &s.name == name)
+            || outcome.failed.iter().any(|f| &f.name == name);
+        if !known {
+            outcome.skipped.push(SkippedPackage {
+                name: name.clone(),
+                reason: "the report names no fixed version".to_owned(),
+            });
+        }
+    }
 }
 
 /// Compares the report's OS with the image's. Family must match. Debian releases are
