@@ -11,6 +11,7 @@ use super::{
     Event, FailedPackage, PackageUpdate, PatchSettings, Phase, Reporter, ScriptsNotRun,
     SkippedPackage, Transfer,
 };
+use crate::deb::debfile;
 use crate::deb::install::{self, InstallError, InstallOptions, PackageToInstall};
 use crate::deb::packages::{self, MultiArch, PackagesError};
 use crate::deb::release::Keyring;
@@ -105,6 +106,10 @@ pub enum DebianError {
     Install(#[from] InstallError),
     #[error(transparent)]
     Layer(#[from] LayerError),
+    #[error(transparent)]
+    Deb(#[from] crate::deb::debfile::DebError),
+    #[error("a background task failed: {0}")]
+    Task(String),
     #[error("failed to write {path}")]
     WorkDir {
         path: PathBuf,
@@ -304,9 +309,12 @@ async fn download_packages(
     if let Some(cache) = &inputs.settings.package_cache {
         create_dir(cache)?;
     }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let decompressions = tokio::sync::Semaphore::new(cores);
     stream::iter(installs.iter())
         .map(|install| {
             let deb_dir = &deb_dir;
+            let decompressions = &decompressions;
             async move {
                 let path =
                     download_one(inputs, &resolved.fetcher, &install.candidate, deb_dir).await?;
@@ -315,7 +323,17 @@ async fn download_packages(
                     version: install.new_version().to_string(),
                     bytes: install.candidate.entry.size,
                 });
-                Ok::<_, DebianError>(path)
+                // Decompress the data member now, on a blocking thread, so the ordered
+                // unpacking that follows reads plain tar.
+                // One decompression per core, since each xz decoder holds its dictionary
+                // (8 MiB for Debian's packages) in memory.
+                let _permit = decompressions.acquire().await;
+                let plain = path.with_extension("plain.deb");
+                let (from, to) = (path.clone(), plain.clone());
+                tokio::task::spawn_blocking(move || debfile::decompress_data_member(&from, &to))
+                    .await
+                    .map_err(|error| DebianError::Task(error.to_string()))??;
+                Ok::<_, DebianError>(plain)
             }
         })
         .buffered(PARALLEL_DOWNLOADS)
