@@ -1,6 +1,5 @@
 //! The Alpine patch: from the image's apk database and repositories to a built layer.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use url::Url;
@@ -186,7 +185,7 @@ pub async fn patch_alpine(
         return Ok(result);
     }
 
-    let vulnerabilities = vulnerabilities_by_package(inputs.report);
+    let vulnerabilities = inputs.report.vulnerabilities_by_package();
     for install in &plan.installs {
         result.updates.push(PackageUpdate {
             name: install.name.clone(),
@@ -343,19 +342,6 @@ fn requests_from_report(report: &Report) -> Result<Vec<Request>, AlpineError> {
             })
         })
         .collect()
-}
-
-fn vulnerabilities_by_package(report: &Report) -> BTreeMap<String, Vec<String>> {
-    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for package in &report.packages {
-        let entry = map.entry(package.name.clone()).or_default();
-        for id in &package.vulnerabilities {
-            if !entry.contains(id) {
-                entry.push(id.clone());
-            }
-        }
-    }
-    map
 }
 
 /// The apk architecture: `/etc/apk/arch`, else the image config's, in apk's names.

@@ -1,6 +1,6 @@
 //! The Debian patch: from the image's dpkg database and apt sources to a built layer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -271,7 +271,9 @@ async fn resolve_updates<'a>(
 }
 
 fn updates_from_plan(plan: &Plan, report: Option<&Report>) -> Vec<PackageUpdate> {
-    let vulnerabilities = report.map(vulnerabilities_by_package).unwrap_or_default();
+    let vulnerabilities = report
+        .map(Report::vulnerabilities_by_package)
+        .unwrap_or_default();
     plan.installs
         .iter()
         .map(|install| PackageUpdate {
@@ -710,19 +712,6 @@ fn requests_from_report(report: &Report) -> Result<Vec<Request>, DebianError> {
             })
         })
         .collect()
-}
-
-fn vulnerabilities_by_package(report: &Report) -> BTreeMap<String, Vec<String>> {
-    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for package in &report.packages {
-        let entry = map.entry(package.name.clone()).or_default();
-        for id in &package.vulnerabilities {
-            if !entry.contains(id) {
-                entry.push(id.clone());
-            }
-        }
-    }
-    map
 }
 
 /// Reads the apt sources of the image, `sources.list` first as apt does.

@@ -152,6 +152,20 @@ pub enum ReportError {
 }
 
 impl Report {
+    /// Maps each package name to the vulnerability IDs reported for it, without repeats.
+    pub fn vulnerabilities_by_package(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut map: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for package in &self.packages {
+            let entry = map.entry(package.name.clone()).or_default();
+            for id in &package.vulnerabilities {
+                if !entry.contains(id) {
+                    entry.push(id.clone());
+                }
+            }
+        }
+        map
+    }
+
     /// Reads a report file, in `format` or else in the format its content matches.
     pub fn from_file(path: &Path, format: Option<ReportFormat>) -> Result<Self, ReportError> {
         let data = fs_err::read(path).map_err(|source| ReportError::Read {
