@@ -15,3 +15,4 @@ pub mod reference;
 pub mod registry;
 pub mod report;
 pub mod rootfs;
+pub mod transport;
