@@ -51,19 +51,29 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct PatchArgs {
-    /// The image to patch, as a registry reference (`registry/repo:tag` or
-    /// `repo@sha256:…`; `docker.io/library/` is the default prefix).
+    /// The image to patch: a registry reference (`registry/repo:tag`,
+    /// `repo@sha256:…` or `docker://REF`; `docker.io/library/` is the default prefix),
+    /// an OCI image layout `oci:DIR[:TAG]`, or a `docker save` tarball
+    /// `docker-archive:FILE[:REF]`.
     #[arg(short, long, value_name = "IMAGE")]
     pub image: String,
 
-    /// The Trivy JSON report of the image's vulnerabilities.
-    #[arg(short, long, value_name = "FILE")]
+    /// The Trivy JSON report of the image's vulnerabilities, or a directory of reports
+    /// matched to an index's platforms by the architecture each records.
+    #[arg(short, long, value_name = "FILE|DIR")]
     pub report: PathBuf,
 
-    /// The tag of the patched image: a bare tag in the source repository, or a full
-    /// `[registry/]repo:tag` elsewhere. Required when the image is given by digest only.
+    /// Where the patched image goes: a bare tag in the source repository or layout, a
+    /// full `[registry/]repo:tag`, or a location with a transport prefix (`oci:DIR:TAG`,
+    /// `docker-archive:FILE:REF`, `docker://REF`). Required when the image is given by
+    /// digest only.
     #[arg(short, long, value_name = "TAG")]
     pub tag: Option<String>,
+
+    /// Write the patched image as an OCI image layout in DIR, tagged as `-t` or the
+    /// derived tag says, in place of the destination.
+    #[arg(long, value_name = "DIR", conflicts_with = "push")]
+    pub oci_dir: Option<PathBuf>,
 
     /// The suffix appended to the source tag when `--tag` is not given.
     #[arg(long, value_name = "SUFFIX", default_value = "patched")]
@@ -77,14 +87,15 @@ pub struct PatchArgs {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Push the result to the registry. Always on; accepted for compatibility with copa.
+    /// Push the result to the registry. Accepted for compatibility with copa: a registry
+    /// destination is always pushed to.
     #[arg(long)]
     pub push: bool,
 
-    /// The platform to patch in a multi-platform image, as `os/arch[/variant]`.
-    /// Default: the host's platform.
-    #[arg(long, value_name = "PLATFORM")]
-    pub platform: Option<String>,
+    /// A platform to patch in a multi-platform image, as `os/arch[/variant]`.
+    /// Repeatable. Default: every platform; the others stay in the index unchanged.
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    pub platforms: Vec<String>,
 
     /// A registry host (`host[:port]`) reached over plain HTTP. Loopback registries
     /// always are. Repeatable.

@@ -1,8 +1,9 @@
 //! The Debian patch: from the image's dpkg database and apt sources to a built layer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -37,6 +38,51 @@ pub struct DebianInputs<'a> {
     pub platform_arch: Option<String>,
     /// The mtime of files the patch writes itself (dpkg metadata), seconds since the epoch.
     pub created_epoch: u64,
+    /// The repository client and the .deb files shared by every platform of a run.
+    pub downloads: &'a SharedDownloads,
+}
+
+/// Package downloads shared by the platforms of one run: one repository client, and
+/// each .deb file fetched once per SHA-256, however many platforms install it.
+pub struct SharedDownloads {
+    fetcher: Fetcher,
+    dir: PathBuf,
+    files: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<PathBuf>>>>,
+}
+
+impl SharedDownloads {
+    /// Creates the client; downloads go to `dir`, which must exist.
+    pub fn new(settings: &PatchSettings, dir: &Path) -> Result<Self, DebianError> {
+        let fetcher = Fetcher::new(FetchOptions {
+            timeout: settings.timeout,
+            mirrors: settings.repo_mirrors.clone(),
+            ..FetchOptions::default()
+        })?;
+        Ok(SharedDownloads {
+            fetcher,
+            dir: dir.to_owned(),
+            files: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Downloads a candidate's .deb unless this run already has it.
+    async fn download(&self, candidate: &repo::Candidate) -> Result<(PathBuf, bool), RepoError> {
+        let cell = self
+            .files
+            .lock()
+            .expect("no panic while holding the download map")
+            .entry(candidate.entry.sha256.clone())
+            .or_default()
+            .clone();
+        let mut fetched = false;
+        let path = cell
+            .get_or_try_init(|| {
+                fetched = true;
+                repo::download_deb(&self.fetcher, candidate, &self.dir)
+            })
+            .await?;
+        Ok((path.clone(), fetched))
+    }
 }
 
 /// What the Debian patch produced; `layer` is `None` when there is nothing to patch.
@@ -122,14 +168,10 @@ pub async fn patch_debian(
 
     reporter.event(Event::Phase(Phase::ReadRepositories));
     let sources = image_sources(rootfs)?;
-    let fetcher = Fetcher::new(FetchOptions {
-        timeout: inputs.settings.timeout,
-        mirrors: inputs.settings.repo_mirrors.clone(),
-        ..FetchOptions::default()
-    })?;
+    let fetcher = &inputs.downloads.fetcher;
     let files = RootfsFiles(rootfs);
     let index = repo::load_index(
-        &fetcher,
+        fetcher,
         &sources,
         &arch,
         &files,
@@ -154,21 +196,18 @@ pub async fn patch_debian(
     }
 
     reporter.event(Event::Phase(Phase::Download));
-    let deb_dir = inputs.work_dir.join("debs");
-    fs_err::create_dir_all(&deb_dir).map_err(|source| DebianError::WorkDir {
-        path: deb_dir.clone(),
-        source,
-    })?;
     let downloads: Vec<PathBuf> = stream::iter(plan.installs.iter())
         .map(|install| {
-            let (fetcher, deb_dir) = (&fetcher, &deb_dir);
+            let shared = inputs.downloads;
             async move {
-                let path = repo::download_deb(fetcher, &install.candidate, deb_dir).await?;
-                reporter.event(Event::PackageDownloaded {
-                    name: install.name.clone(),
-                    version: install.new_version().to_string(),
-                    bytes: install.candidate.entry.size,
-                });
+                let (path, fetched) = shared.download(&install.candidate).await?;
+                if fetched {
+                    reporter.event(Event::PackageDownloaded {
+                        name: install.name.clone(),
+                        version: install.new_version().to_string(),
+                        bytes: install.candidate.entry.size,
+                    });
+                }
                 Ok::<_, DebianError>(path)
             }
         })

@@ -4,8 +4,8 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use tokio_util::io::SyncIoBridge;
 
 use super::{Event, PatchError, Reporter};
-use crate::reference::Reference;
-use crate::registry::{Descriptor, RegistryClient};
+use crate::registry::Descriptor;
+use crate::transport::ImageStore;
 use crate::rootfs::{self, Compression, LayerScan, RootfsIndex, Selector};
 
 /// Layers downloaded at the same time. Two keep both cores busy decompressing while a
@@ -54,8 +54,7 @@ pub fn patch_selector() -> Selector {
 /// Streams every layer once, scanning up to [`PARALLEL_LAYERS`] at a time, and merges
 /// the scans bottom-up.
 pub async fn read_rootfs(
-    client: &RegistryClient,
-    source: &Reference,
+    source: &ImageStore,
     layers: &[Descriptor],
     reporter: &dyn Reporter,
 ) -> Result<RootfsIndex, PatchError> {
@@ -64,7 +63,7 @@ pub async fn read_rootfs(
         .map(|layer| {
             let selector = selector.clone();
             async move {
-                let scan = scan_one(client, source, &layer, selector).await?;
+                let scan = scan_one(source, &layer, selector).await?;
                 reporter.event(Event::LayerRead {
                     digest: layer.digest.to_string(),
                     bytes: layer.size,
@@ -79,8 +78,7 @@ pub async fn read_rootfs(
 }
 
 async fn scan_one(
-    client: &RegistryClient,
-    source: &Reference,
+    source: &ImageStore,
     layer: &Descriptor,
     selector: Selector,
 ) -> Result<LayerScan, PatchError> {
@@ -90,7 +88,7 @@ async fn scan_one(
             media_type: layer.media_type.clone(),
         }
     })?;
-    let reader = client.open_blob(source, &layer.digest, layer.size).await?;
+    let reader = source.open_blob(&layer.digest, layer.size).await?;
     let digest = layer.digest.to_string();
     tokio::task::spawn_blocking(move || {
         let bridge = SyncIoBridge::new(reader);

@@ -2,45 +2,56 @@
 
 mod debian;
 mod events;
+mod index;
 mod layers;
+mod manifest;
 mod outcome;
 mod push;
+mod reports;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::deb::repo::MirrorRewrite;
-use crate::digest::Digest;
-use crate::image::{self, HistoryEntry, ImageError, PATCH_LABEL, PatchRecord, PatchedPackage};
+use crate::image::ImageError;
 use crate::osrelease::OsRelease;
-use crate::reference::{self, Reference, ReferenceError};
+use crate::reference::{Reference, ReferenceError};
 use crate::registry::auth::AuthEnv;
 use crate::registry::{InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions};
 use crate::report::{Report, ReportError};
 use crate::rootfs::ScanError;
+use crate::transport::{ImageStore, Location, TransportError};
+
+use reports::Reports;
 
 pub use events::{Event, NoReporter, Phase, Reporter};
 pub use outcome::{
-    FailedPackage, PackageUpdate, PatchOutcome, PatchStatus, ScriptsNotRun, SkippedPackage,
+    FailedPackage, PackageUpdate, PatchOutcome, PatchStatus, PlatformOutcome, ScriptsNotRun,
+    SkippedPackage,
 };
 
 /// Everything a patch needs, resolved from flags, environment and files by the caller.
 #[derive(Debug, Clone)]
 pub struct PatchSettings {
-    /// The source image reference.
+    /// The source image: a registry reference or a transport location such as
+    /// `oci:DIR:TAG` or `docker-archive:FILE`.
     pub image: String,
-    /// The scanner report.
+    /// The scanner report, or a directory of reports matched to platforms.
     pub report: PathBuf,
-    /// `-t`: a bare tag or a full reference for the result.
+    /// `-t`: a bare tag, a full reference or a transport location for the result.
     pub tag: Option<String>,
+    /// `--oci-dir`: write the result as an OCI layout in this directory.
+    pub oci_dir: Option<PathBuf>,
     /// Appended to the source tag as `TAG-SUFFIX` when `tag` is `None`.
     pub tag_suffix: String,
     /// Patch what can be patched when some reported packages cannot be.
     pub ignore_errors: bool,
     /// The limit for the whole patch.
     pub timeout: Duration,
-    /// `os/arch[/variant]` for multi-platform images; `None` means the host's.
-    pub platform: Option<String>,
+    /// `os/arch[/variant]` values that limit which platforms of an index are patched;
+    /// empty means every platform.
+    pub platforms: Vec<String>,
     /// Registry hosts reached over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// PEM files with extra CA certificates.
@@ -63,7 +74,30 @@ pub enum PatchError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
+    Transport(TransportError),
+    #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("manifest {digest} is invalid: {reason}")]
+    InvalidManifest { digest: String, reason: String },
+    #[error(
+        "{source_image} has no platform matching {requested}; available: {available}\n\
+         hint: pick platforms from the available ones with --platform"
+    )]
+    NoMatchingPlatform {
+        source_image: String,
+        requested: String,
+        available: String,
+    },
+    #[error(
+        "no report in {dir} is for {platform}; reports: {available}\n\
+         hint: add a report with that platform's architecture, or limit the platforms \
+         with --platform"
+    )]
+    NoReportForPlatform {
+        dir: PathBuf,
+        platform: String,
+        available: String,
+    },
     #[error("failed to read layer {digest}")]
     Layer {
         digest: String,
@@ -112,6 +146,8 @@ impl PatchError {
             PatchError::Reference(_)
             | PatchError::Report(_)
             | PatchError::Platform(_)
+            | PatchError::NoMatchingPlatform { .. }
+            | PatchError::NoReportForPlatform { .. }
             | PatchError::NoOsRelease
             | PatchError::UnsupportedOs { .. }
             | PatchError::ReportOsMismatch { .. } => true,
@@ -124,15 +160,27 @@ impl PatchError {
                     | RegistryError::CaFileEmpty { .. }
             ),
             PatchError::Debian(err) => err.is_user_error(),
+            PatchError::Transport(err) => err.is_user_error(),
             _ => false,
         }
     }
 }
 
-/// Patches the image `settings` names and pushes the result, within `settings.timeout`.
+impl From<TransportError> for PatchError {
+    fn from(error: TransportError) -> Self {
+        match error {
+            TransportError::Registry(error) => PatchError::Registry(error),
+            TransportError::Reference(error) => PatchError::Reference(error),
+            other => PatchError::Transport(other),
+        }
+    }
+}
+
+/// Patches the image `settings` names and writes the result, within `settings.timeout`.
 ///
-/// Nothing is pushed unless every step before the push succeeded, and the manifest is
-/// pushed only after every blob it references is in the destination repository.
+/// Nothing is written unless every step before it succeeded. A manifest is put only
+/// after every blob it references is in the destination, an index only after every
+/// manifest it lists, and a layout or archive becomes visible only at the end.
 pub async fn patch(
     settings: &PatchSettings,
     reporter: &dyn Reporter,
@@ -149,126 +197,105 @@ async fn run(
     settings: &PatchSettings,
     reporter: &dyn Reporter,
 ) -> Result<PatchOutcome, PatchError> {
-    let source = Reference::parse(&settings.image)?;
-    let destination =
-        reference::destination(&source, settings.tag.as_deref(), &settings.tag_suffix)?;
-    let report = Report::from_file(&settings.report)?;
-    let platform = settings
-        .platform
-        .as_deref()
-        .map(str::parse::<Platform>)
-        .transpose()?;
-    let client = RegistryClient::new(RegistryOptions {
+    let source_location = Location::parse(&settings.image)?;
+    let destination_location = destination_location(&source_location, settings)?;
+    let reports = Reports::load(&settings.report)?;
+    let platforms = settings
+        .platforms
+        .iter()
+        .map(|text| text.parse::<Platform>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = Arc::new(RegistryClient::new(RegistryOptions {
         insecure_registries: settings.insecure_registries.clone(),
         ca_files: settings.ca_files.clone(),
         timeout: Some(settings.timeout),
         auth_env: AuthEnv::from_process_env(),
         ..RegistryOptions::default()
-    })?;
+    })?);
 
     reporter.event(Event::Phase(Phase::ResolveImage));
-    let image = client.resolve_image(&source, platform.as_ref()).await?;
-    reporter.event(Event::Phase(Phase::ReadLayers));
-    let rootfs = layers::read_rootfs(&client, &source, &image.layers, reporter).await?;
-    let os = OsRelease::from_rootfs(&rootfs).ok_or(PatchError::NoOsRelease)?;
-    check_report_os(&report, &os)?;
-    if !os.is_like("debian") {
-        return Err(PatchError::UnsupportedOs {
-            os: os.display_name(),
-        });
+    let source = ImageStore::open_source(&source_location, &client)?;
+    let top = source.fetch_manifest(None).await?;
+    let work = WorkDir::new(settings.work_dir.as_deref())?;
+    let deb_dir = work.path().join("debs");
+    fs_err::create_dir_all(&deb_dir).map_err(|error| PatchError::WorkDir {
+        path: deb_dir.clone(),
+        source: error,
+    })?;
+    let downloads = debian::SharedDownloads::new(settings, &deb_dir)?;
+    let context = manifest::PatchContext {
+        settings,
+        source: &source,
+        downloads: &downloads,
+        reporter,
+    };
+
+    if index::is_index(&top.media_type) {
+        let destination = ImageStore::open_destination(&destination_location, &client)?;
+        let outcome = index::patch_index(
+            &context,
+            &destination,
+            &top,
+            &reports,
+            &platforms,
+            work.path(),
+            (&source_location, &destination_location),
+        )
+        .await?;
+        if outcome.status == PatchStatus::Patched {
+            destination.commit()?;
+        }
+        return Ok(outcome);
     }
 
-    let work = WorkDir::new(settings.work_dir.as_deref())?;
-    let created = history_time(&image.config_bytes);
-    let result = debian::patch_debian(
-        &debian::DebianInputs {
-            rootfs: &rootfs,
-            report: &report,
-            settings,
-            work_dir: work.path(),
-            platform_arch: image_architecture(&image.config_bytes),
-            created_epoch: created.epoch,
-        },
-        reporter,
-    )
-    .await?;
-
-    let mut outcome = PatchOutcome {
-        status: PatchStatus::NothingToPatch,
-        source: source.to_string(),
-        source_digest: image.manifest.digest.to_string(),
-        destination: destination.to_string(),
-        manifest_digest: None,
-        layer_digest: None,
-        os: os.display_name(),
-        updates: result.updates,
-        skipped: result.skipped,
-        failed: result.failed,
-        scripts_not_run: result.scripts_not_run,
-        warnings: result.warnings,
-    };
-    let Some(layer) = result.layer else {
+    let job = context
+        .patch_manifest(&top, None, &reports, &work.path().join("image"))
+        .await?;
+    let mut outcome = job.outcome(&source_location, &destination_location);
+    let Some(patched) = job.patched else {
         return Ok(outcome);
     };
-
-    let record = PatchRecord {
-        diff_id: layer.diff_id.clone(),
-        packages: outcome
-            .updates
-            .iter()
-            .map(|u| PatchedPackage {
-                name: u.name.clone(),
-                from_version: u.installed_version.clone().unwrap_or_default(),
-                to_version: u.new_version.clone(),
-            })
-            .collect(),
-    };
-    let history = HistoryEntry {
-        created: created.rfc3339,
-        created_by: format!(
-            "layermend patch: {} package(s) updated without running maintainer scripts",
-            outcome.updates.len()
-        ),
-        comment: outcome
-            .updates
-            .iter()
-            .map(|u| format!("{} {}", u.name, u.new_version))
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
-    let config = image::append_layer_to_config(
-        &image.config_bytes,
-        &layer.diff_id,
-        &history,
-        &[(PATCH_LABEL.to_owned(), record.to_label_value())],
-    )?;
-    let config_digest = Digest::of(&config);
-    let manifest = image::append_layer_to_manifest(
-        &image.manifest.bytes,
-        (&layer.digest, layer.size),
-        (&config_digest, config.len() as u64),
-        &[],
-    )?;
-
     reporter.event(Event::Phase(Phase::Push));
-    push::push_image(
-        &client,
-        &source,
-        &destination,
-        &image,
-        &layer,
-        &config,
-        work.path(),
-        reporter,
-    )
-    .await?;
-    let digest = client
-        .push_manifest(&destination, &manifest, &image.manifest.media_type)
-        .await?;
+    let destination = ImageStore::open_destination(&destination_location, &client)?;
+    let put = context.write_patched(&destination, &job.image, &patched, true).await?;
+    if put.converted {
+        outcome.warnings.push(converted_warning(&destination_location));
+    }
+    destination.commit()?;
     outcome.status = PatchStatus::Patched;
-    outcome.manifest_digest = Some(digest.to_string());
-    outcome.layer_digest = Some(layer.digest.to_string());
+    outcome.manifest_digest = Some(put.digest.to_string());
     Ok(outcome)
+}
+
+/// The warning for a Docker-typed manifest written into a layout or archive.
+fn converted_warning(destination: &Location) -> String {
+    format!(
+        "converted Docker media types to OCI ones for {destination}, because OCI image \
+         layouts hold OCI manifests; the manifest digest differs from a registry copy"
+    )
+}
+
+/// The destination: `--oci-dir`, else `-t` or the name derived from the source.
+fn destination_location(
+    source: &Location,
+    settings: &PatchSettings,
+) -> Result<Location, PatchError> {
+    let derived = source.destination(settings.tag.as_deref(), &settings.tag_suffix)?;
+    let Some(dir) = &settings.oci_dir else {
+        return Ok(derived);
+    };
+    let tag = match &derived {
+        Location::Registry(reference) => reference.tag.clone(),
+        Location::OciLayout { tag, .. } => tag.clone(),
+        Location::DockerArchive { reference, .. } => reference
+            .as_deref()
+            .and_then(|text| Reference::parse(text).ok())
+            .and_then(|reference| reference.tag),
+    };
+    Ok(Location::OciLayout {
+        dir: dir.clone(),
+        tag,
+    })
 }
 
 /// Compares the report's OS with the image's. Family must match; the report's version

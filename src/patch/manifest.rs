@@ -1,0 +1,293 @@
+//! Patching one image manifest: read its layers, build the patch layer, amend config and
+//! manifest, and write them to a destination.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::debian::{self, SharedDownloads};
+use super::reports::Reports;
+use super::{
+    Event, PatchError, PatchOutcome, PatchSettings, PatchStatus, Reporter, check_report_os,
+    history_time, layers, push,
+};
+use crate::digest::Digest;
+use crate::image::{self, HistoryEntry, PATCH_LABEL, PatchRecord, PatchedPackage};
+use crate::layer::BuiltLayer;
+use crate::osrelease::OsRelease;
+use crate::registry::{Descriptor, FetchedManifest, MAX_CONFIG_SIZE, Platform};
+use crate::transport::{ImageStore, Location, PutManifest};
+
+/// What every platform of one run shares.
+pub struct PatchContext<'a> {
+    pub settings: &'a PatchSettings,
+    pub source: &'a ImageStore,
+    pub downloads: &'a SharedDownloads,
+    pub reporter: &'a dyn Reporter,
+}
+
+/// A source image manifest with its config.
+pub struct SourceImage {
+    pub manifest: FetchedManifest,
+    pub config_bytes: Vec<u8>,
+    pub layers: Vec<Descriptor>,
+}
+
+/// The new blobs and manifest of a patched image, not yet written anywhere.
+pub struct PatchedImage {
+    pub layer: BuiltLayer,
+    pub config_path: PathBuf,
+    pub config_digest: Digest,
+    pub config_size: u64,
+    pub manifest: Vec<u8>,
+}
+
+/// The result of patching one manifest.
+pub struct ManifestJob {
+    pub image: SourceImage,
+    pub platform: Option<Platform>,
+    pub os: String,
+    pub result: debian::DebianResult,
+    pub patched: Option<PatchedImage>,
+}
+
+impl ManifestJob {
+    /// The outcome of this job alone, before anything is written.
+    pub fn outcome(&self, source: &Location, destination: &Location) -> PatchOutcome {
+        PatchOutcome {
+            status: PatchStatus::NothingToPatch,
+            source: source.to_string(),
+            source_digest: self.image.manifest.digest.to_string(),
+            destination: destination.to_string(),
+            manifest_digest: None,
+            layer_digest: self.patched.as_ref().map(|p| p.layer.digest.to_string()),
+            os: self.os.clone(),
+            updates: self.result.updates.clone(),
+            skipped: self.result.skipped.clone(),
+            failed: self.result.failed.clone(),
+            scripts_not_run: self.result.scripts_not_run.clone(),
+            warnings: self.result.warnings.clone(),
+            platforms: Vec::new(),
+        }
+    }
+}
+
+impl PatchContext<'_> {
+    /// Patches one image manifest. `platform` comes from the index entry; without it the
+    /// config's `os` and `architecture` pick the report from a directory. The layer and
+    /// config are written into `work_dir`.
+    pub async fn patch_manifest(
+        &self,
+        manifest: &FetchedManifest,
+        platform: Option<Platform>,
+        reports: &Reports,
+        work_dir: &Path,
+    ) -> Result<ManifestJob, PatchError> {
+        fs_err::create_dir_all(work_dir).map_err(|source| PatchError::WorkDir {
+            path: work_dir.to_owned(),
+            source,
+        })?;
+        let image = self.read_image(manifest).await?;
+        let platform = platform.or_else(|| config_platform(&image.config_bytes));
+        let report = reports.for_platform(platform.as_ref())?;
+
+        self.reporter.event(Event::Phase(super::Phase::ReadLayers));
+        let rootfs =
+            layers::read_rootfs(self.source, &image.layers, self.reporter).await?;
+        let os = OsRelease::from_rootfs(&rootfs).ok_or(PatchError::NoOsRelease)?;
+        check_report_os(report, &os)?;
+        if !os.is_like("debian") {
+            return Err(PatchError::UnsupportedOs {
+                os: os.display_name(),
+            });
+        }
+        let created = history_time(&image.config_bytes);
+        let result = debian::patch_debian(
+            &debian::DebianInputs {
+                rootfs: &rootfs,
+                report,
+                settings: self.settings,
+                work_dir,
+                platform_arch: super::image_architecture(&image.config_bytes),
+                created_epoch: created.epoch,
+                downloads: self.downloads,
+            },
+            self.reporter,
+        )
+        .await?;
+        let patched = match &result.layer {
+            Some(layer) => Some(amend(&image, layer, &result, created.rfc3339, work_dir)?),
+            None => None,
+        };
+        Ok(ManifestJob {
+            image,
+            platform,
+            os: os.display_name(),
+            result,
+            patched,
+        })
+    }
+
+    /// Reads an image manifest's descriptors and its config.
+    pub async fn read_image(&self, manifest: &FetchedManifest) -> Result<SourceImage, PatchError> {
+        let (config, layers) = parse_image_manifest(manifest)?;
+        if config.size > MAX_CONFIG_SIZE {
+            return Err(invalid(
+                manifest,
+                format!(
+                    "config {} has {} bytes, more than the {MAX_CONFIG_SIZE} allowed",
+                    config.digest, config.size
+                ),
+            ));
+        }
+        let config_bytes = self.source.read_blob(&config.digest, config.size).await?;
+        Ok(SourceImage {
+            manifest: manifest.clone(),
+            config_bytes,
+            layers,
+        })
+    }
+
+    /// Writes a patched image: the source layers, the new layer and config, then the
+    /// manifest, tagged or by digest.
+    pub async fn write_patched(
+        &self,
+        destination: &ImageStore,
+        image: &SourceImage,
+        patched: &PatchedImage,
+        tagged: bool,
+    ) -> Result<PutManifest, PatchError> {
+        push::push_blobs(self.source, destination, image, patched, self.reporter).await?;
+        Ok(destination
+            .put_manifest(&patched.manifest, &image.manifest.media_type, tagged)
+            .await?)
+    }
+}
+
+/// Amends config and manifest for the new layer and writes the config into `work_dir`.
+fn amend(
+    image: &SourceImage,
+    layer: &BuiltLayer,
+    result: &debian::DebianResult,
+    created: String,
+    work_dir: &Path,
+) -> Result<PatchedImage, PatchError> {
+    let record = PatchRecord {
+        diff_id: layer.diff_id.clone(),
+        packages: result
+            .updates
+            .iter()
+            .map(|u| PatchedPackage {
+                name: u.name.clone(),
+                from_version: u.installed_version.clone().unwrap_or_default(),
+                to_version: u.new_version.clone(),
+            })
+            .collect(),
+    };
+    let history = HistoryEntry {
+        created,
+        created_by: format!(
+            "layermend patch: {} package(s) updated without running maintainer scripts",
+            result.updates.len()
+        ),
+        comment: result
+            .updates
+            .iter()
+            .map(|u| format!("{} {}", u.name, u.new_version))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let config = image::append_layer_to_config(
+        &image.config_bytes,
+        &layer.diff_id,
+        &history,
+        &[(PATCH_LABEL.to_owned(), record.to_label_value())],
+    )?;
+    let config_digest = Digest::of(&config);
+    let manifest = image::append_layer_to_manifest(
+        &image.manifest.bytes,
+        (&layer.digest, layer.size),
+        (&config_digest, config.len() as u64),
+        &[],
+    )?;
+    let config_path = work_dir.join("config.json");
+    fs_err::write(&config_path, &config).map_err(|source| PatchError::WorkDir {
+        path: config_path.clone(),
+        source,
+    })?;
+    Ok(PatchedImage {
+        layer: layer.clone(),
+        config_path,
+        config_digest,
+        config_size: config.len() as u64,
+        manifest,
+    })
+}
+
+/// The platform an image config records.
+fn config_platform(config: &[u8]) -> Option<Platform> {
+    let value: Value = serde_json::from_slice(config).ok()?;
+    let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+    Some(Platform {
+        os: text("os")?,
+        architecture: text("architecture")?,
+        variant: text("variant").filter(|v| !v.is_empty()),
+    })
+}
+
+fn invalid(manifest: &FetchedManifest, reason: String) -> PatchError {
+    PatchError::InvalidManifest {
+        digest: manifest.digest.to_string(),
+        reason,
+    }
+}
+
+/// Reads the config and layer descriptors of an image manifest.
+fn parse_image_manifest(
+    manifest: &FetchedManifest,
+) -> Result<(Descriptor, Vec<Descriptor>), PatchError> {
+    let value: Value = serde_json::from_slice(&manifest.bytes)
+        .map_err(|error| invalid(manifest, format!("not JSON: {error}")))?;
+    let config = value
+        .get("config")
+        .ok_or_else(|| invalid(manifest, "it has no config descriptor".to_owned()))
+        .and_then(|config| parse_descriptor(config, manifest, "config"))?;
+    let layers = value
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid(manifest, "it has no layers array".to_owned()))?
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| parse_descriptor(layer, manifest, &format!("layer {i}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((config, layers))
+}
+
+/// Parses a content descriptor (`digest`, `size`, `mediaType`).
+pub fn parse_descriptor(
+    value: &Value,
+    manifest: &FetchedManifest,
+    what: &str,
+) -> Result<Descriptor, PatchError> {
+    let invalid = |reason: &str| invalid(manifest, format!("{what} descriptor {reason}"));
+    let digest = value
+        .get("digest")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("has no digest"))?
+        .parse()
+        .map_err(|error| invalid(&format!("has an invalid digest: {error}")))?;
+    let size = value
+        .get("size")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| invalid("has no valid size"))?;
+    let media_type = value
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Descriptor {
+        digest,
+        size,
+        media_type,
+    })
+}
