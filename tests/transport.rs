@@ -65,15 +65,19 @@ impl Sources {
 
     fn location(&self, kind: Kind) -> String {
         match kind {
-            Kind::Registry => self
-                .registry
-                .image(&format!("{REPOSITORY}:{SOURCE_TAG}")),
-            Kind::Layout => format!("oci:{}:{SOURCE_TAG}", self.dir.path().join("layout").display()),
-            Kind::Archive => format!("docker-archive:{}", self.dir.path().join("source.tar").display()),
+            Kind::Registry => self.registry.image(&format!("{REPOSITORY}:{SOURCE_TAG}")),
+            Kind::Layout => format!(
+                "oci:{}:{SOURCE_TAG}",
+                self.dir.path().join("layout").display()
+            ),
+            Kind::Archive => format!(
+                "docker-archive:{}",
+                self.dir.path().join("source.tar").display()
+            ),
         }
     }
 
-    /// A destination for the pair, and the skopeo name to read it back.
+    /// Returns a destination for the pair, and the skopeo name to read it back.
     fn destination(&self, from: Kind, to: Kind) -> (String, String) {
         let name = format!("{from:?}-to-{to:?}").to_lowercase();
         match to {
@@ -116,12 +120,12 @@ fn inspect_and_unpack(name: &str, work: &Path) -> BTreeMap<PathBuf, FileState> {
         config.contains("dev.layermend.patch"),
         "{name} must carry the patch label"
     );
+    fs_err::create_dir_all(work).unwrap();
     let layout = work.join("layout");
     let bundle = work.join("bundle");
-    run(Command::new("skopeo").args(["copy", "--quiet", "--src-tls-verify=false"]).args([
-        name.to_owned(),
-        format!("oci:{}:unpack", layout.display()),
-    ]));
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .args([name.to_owned(), format!("oci:{}:unpack", layout.display())]));
     run(Command::new("umoci")
         .args(["unpack", "--image"])
         .arg(format!("{}:unpack", layout.display()))
@@ -169,7 +173,10 @@ fn every_transport_pair_gives_same_tree() {
             let (destination, readable) = sources.destination(from, to);
             let source = sources.location(from);
             let outcome = layermend(&["patch", "-i", &source, "-r", report, "-t", &destination]);
-            assert_eq!(outcome.code, 0, "{from:?} to {to:?} must succeed\n{outcome}");
+            assert_eq!(
+                outcome.code, 0,
+                "{from:?} to {to:?} must succeed\n{outcome}"
+            );
             if to == Kind::Layout && from != Kind::Layout {
                 assert!(
                     !outcome.stderr.contains("converted Docker media types"),
@@ -194,11 +201,24 @@ fn every_transport_pair_gives_same_tree() {
 
     // An archive layermend wrote is in the OCI-layout form docker 25 writes; read it back.
     let (written, _) = sources.destination(Kind::Layout, Kind::Archive);
-    let written = written.trim_end_matches(&format!(":{REPOSITORY}:patched")).to_owned();
+    let written = written
+        .trim_end_matches(&format!(":{REPOSITORY}:patched"))
+        .to_owned();
     let target = sources.registry.image("from-oci-archive:patched");
-    let outcome = layermend(&["patch", "-i", &written, "-r", report, "-t", &format!("docker://{target}")]);
+    let outcome = layermend(&[
+        "patch",
+        "-i",
+        &written,
+        "-r",
+        report,
+        "-t",
+        &format!("docker://{target}"),
+    ]);
     // The image is patched already, so there is nothing left to do.
-    assert_eq!(outcome.code, 3, "the OCI-form archive must be readable\n{outcome}");
+    assert_eq!(
+        outcome.code, 3,
+        "the OCI-form archive must be readable\n{outcome}"
+    );
 }
 
 #[test]
@@ -227,7 +247,10 @@ fn layout_in_place_and_oci_dir() {
         index["manifests"][0], index_before["manifests"][0],
         "the source entry must stay as it was"
     );
-    skopeo(&["inspect", &format!("oci:{}:bookworm-patched", layout.display())]);
+    skopeo(&[
+        "inspect",
+        &format!("oci:{}:bookworm-patched", layout.display()),
+    ]);
 
     let oci_dir = sources.dir.path().join("copa");
     let outcome = layermend(&[
@@ -240,7 +263,10 @@ fn layout_in_place_and_oci_dir() {
         oci_dir.to_str().unwrap(),
     ]);
     assert_eq!(outcome.code, 0, "{outcome}");
-    skopeo(&["inspect", &format!("oci:{}:bookworm-patched", oci_dir.display())]);
+    skopeo(&[
+        "inspect",
+        &format!("oci:{}:bookworm-patched", oci_dir.display()),
+    ]);
 }
 
 #[test]
@@ -248,7 +274,9 @@ fn failed_run_leaves_layout_unchanged() {
     let sources = Sources::new();
     let layout = sources.dir.path().join("layout");
     let index_before = fs_err::read(layout.join("index.json")).unwrap();
-    let blobs_before = fs_err::read_dir(layout.join("blobs/sha256")).unwrap().count();
+    let blobs_before = fs_err::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .count();
     let siblings_before = fs_err::read_dir(sources.dir.path()).unwrap().count();
 
     let outcome = layermend(&[
@@ -261,11 +289,22 @@ fn failed_run_leaves_layout_unchanged() {
         "1ms",
     ]);
     assert_eq!(outcome.code, 1, "{outcome}");
-    assert_eq!(fs_err::read(layout.join("index.json")).unwrap(), index_before);
-    let blobs_after = fs_err::read_dir(layout.join("blobs/sha256")).unwrap().count();
-    assert_eq!(blobs_after, blobs_before, "no blob of the failed run may stay");
+    assert_eq!(
+        fs_err::read(layout.join("index.json")).unwrap(),
+        index_before
+    );
+    let blobs_after = fs_err::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        blobs_after, blobs_before,
+        "no blob of the failed run may stay"
+    );
     let siblings_after = fs_err::read_dir(sources.dir.path()).unwrap().count();
-    assert_eq!(siblings_after, siblings_before, "no staging directory may stay");
+    assert_eq!(
+        siblings_after, siblings_before,
+        "no staging directory may stay"
+    );
 
     let new_dir = sources.dir.path().join("never");
     let outcome = layermend(&[

@@ -9,8 +9,7 @@ use serde_json::Value;
 use super::manifest::{ManifestJob, PatchContext, parse_descriptor};
 use super::reports::Reports;
 use super::{
-    Event, PatchError, PatchOutcome, PatchStatus, Phase, PlatformOutcome, converted_warning,
-    push,
+    Event, PatchError, PatchOutcome, PatchStatus, Phase, PlatformOutcome, converted_warning, push,
 };
 use crate::digest::Digest;
 use crate::image::{DOCKER_MANIFEST_LIST, OCI_INDEX};
@@ -36,12 +35,11 @@ pub async fn patch_index(
     work_dir: &Path,
     (source_location, destination_location): (&Location, &Location),
 ) -> Result<PatchOutcome, PatchError> {
-    let index: Value = serde_json::from_slice(&top.bytes).map_err(|error| {
-        PatchError::InvalidManifest {
+    let index: Value =
+        serde_json::from_slice(&top.bytes).map_err(|error| PatchError::InvalidManifest {
             digest: top.digest.to_string(),
             reason: format!("not JSON: {error}"),
-        }
-    })?;
+        })?;
     let entries = index
         .get("manifests")
         .and_then(Value::as_array)
@@ -75,10 +73,14 @@ pub async fn patch_index(
             },
         });
     }
-    tracing::debug!(platforms = selected.len(), entries = entries.len(), "patching index");
+    tracing::debug!(
+        platforms = selected.len(),
+        entries = entries.len(),
+        "patching index"
+    );
 
-    let jobs: Vec<(usize, ManifestJob)> =
-        try_join_all(selected.iter().map(|(position, platform, digest)| async move {
+    let jobs: Vec<(usize, ManifestJob)> = try_join_all(selected.iter().map(
+        |(position, platform, digest)| async move {
             let child = context.source.fetch_manifest(Some(digest)).await?;
             if is_index(&child.media_type) {
                 return Err(PatchError::InvalidManifest {
@@ -91,8 +93,9 @@ pub async fn patch_index(
                 .patch_manifest(&child, Some(platform.clone()), reports, &dir)
                 .await?;
             Ok::<_, PatchError>((*position, job))
-        }))
-        .await?;
+        },
+    ))
+    .await?;
 
     let mut outcome = merge_outcomes(&jobs, top, source_location, destination_location);
     if jobs.iter().all(|(_, job)| job.patched.is_none()) {
@@ -103,15 +106,20 @@ pub async fn patch_index(
     let mut changes: Vec<(usize, PutManifest)> = Vec::new();
     let mut converted = false;
     for (position, entry) in entries.iter().enumerate() {
-        let job = jobs.iter().find(|(at, _)| *at == position).map(|(_, job)| job);
+        let job = jobs
+            .iter()
+            .find(|(at, _)| *at == position)
+            .map(|(_, job)| job);
         let put = match job.and_then(|job| Some((job, job.patched.as_ref()?))) {
             Some((job, patched)) => {
                 let put = context
                     .write_patched(destination, &job.image, patched, false)
                     .await?;
-                if let Some(platform) = outcome.platforms.iter_mut().find(|p| {
-                    p.source_digest == job.image.manifest.digest.to_string()
-                }) {
+                if let Some(platform) = outcome
+                    .platforms
+                    .iter_mut()
+                    .find(|p| p.source_digest == job.image.manifest.digest.to_string())
+                {
                     platform.manifest_digest = Some(put.digest.to_string());
                 }
                 put
@@ -126,7 +134,9 @@ pub async fn patch_index(
         .put_manifest(&new_index, &top.media_type, true)
         .await?;
     if converted || put.converted {
-        outcome.warnings.push(converted_warning(destination_location));
+        outcome
+            .warnings
+            .push(converted_warning(destination_location));
     }
     outcome.status = PatchStatus::Patched;
     outcome.manifest_digest = Some(put.digest.to_string());
@@ -163,7 +173,10 @@ async fn copy_entry(
     position: usize,
 ) -> Result<PutManifest, PatchError> {
     let descriptor = parse_descriptor(entry, top, &format!("index entry {position}"))?;
-    let manifest = context.source.fetch_manifest(Some(&descriptor.digest)).await?;
+    let manifest = context
+        .source
+        .fetch_manifest(Some(&descriptor.digest))
+        .await?;
     let value: Value =
         serde_json::from_slice(&manifest.bytes).map_err(|error| PatchError::InvalidManifest {
             digest: manifest.digest.to_string(),
@@ -178,7 +191,14 @@ async fn copy_entry(
             .cloned()
             .unwrap_or_default();
         for (child_position, child) in children.iter().enumerate() {
-            Box::pin(copy_entry(context, destination, &manifest, child, child_position)).await?;
+            Box::pin(copy_entry(
+                context,
+                destination,
+                &manifest,
+                child,
+                child_position,
+            ))
+            .await?;
         }
     } else {
         let mut blobs: Vec<(Digest, u64)> = Vec::new();
@@ -260,7 +280,9 @@ fn merge_outcomes(
         let other = job.outcome(source, destination);
         for update in other.updates {
             let known = outcome.updates.iter().any(|u| {
-                u.name == update.name && u.arch == update.arch && u.new_version == update.new_version
+                u.name == update.name
+                    && u.arch == update.arch
+                    && u.new_version == update.new_version
             });
             if !known {
                 outcome.updates.push(update);
@@ -277,7 +299,11 @@ fn merge_outcomes(
             }
         }
         for scripts in other.scripts_not_run {
-            if !outcome.scripts_not_run.iter().any(|s| s.package == scripts.package) {
+            if !outcome
+                .scripts_not_run
+                .iter()
+                .any(|s| s.package == scripts.package)
+            {
                 outcome.scripts_not_run.push(scripts);
             }
         }

@@ -5,8 +5,8 @@ use tokio_util::io::SyncIoBridge;
 
 use super::{Event, PatchError, Reporter};
 use crate::registry::Descriptor;
-use crate::transport::ImageStore;
 use crate::rootfs::{self, Compression, LayerScan, RootfsIndex, Selector};
+use crate::transport::ImageStore;
 
 /// Layers downloaded at the same time. Two keep both cores busy decompressing while a
 /// third transfer waits on the network.

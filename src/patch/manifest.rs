@@ -18,7 +18,7 @@ use crate::osrelease::OsRelease;
 use crate::registry::{Descriptor, FetchedManifest, MAX_CONFIG_SIZE, Platform};
 use crate::transport::{ImageStore, Location, PutManifest};
 
-/// What every platform of one run shares.
+/// The inputs every platform of one run shares.
 pub struct PatchContext<'a> {
     pub settings: &'a PatchSettings,
     pub source: &'a ImageStore,
@@ -52,7 +52,7 @@ pub struct ManifestJob {
 }
 
 impl ManifestJob {
-    /// The outcome of this job alone, before anything is written.
+    /// Returns the outcome of this job alone, before anything is written.
     pub fn outcome(&self, source: &Location, destination: &Location) -> PatchOutcome {
         PatchOutcome {
             status: PatchStatus::NothingToPatch,
@@ -92,8 +92,7 @@ impl PatchContext<'_> {
         let report = reports.for_platform(platform.as_ref())?;
 
         self.reporter.event(Event::Phase(super::Phase::ReadLayers));
-        let rootfs =
-            layers::read_rootfs(self.source, &image.layers, self.reporter).await?;
+        let rootfs = layers::read_rootfs(self.source, &image.layers, self.reporter).await?;
         let os = OsRelease::from_rootfs(&rootfs).ok_or(PatchError::NoOsRelease)?;
         check_report_os(report, &os)?;
         if !os.is_like("debian") {
@@ -224,7 +223,7 @@ fn amend(
     })
 }
 
-/// The platform an image config records.
+/// Returns the platform an image config records.
 fn config_platform(config: &[u8]) -> Option<Platform> {
     let value: Value = serde_json::from_slice(config).ok()?;
     let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);

@@ -257,9 +257,13 @@ async fn run(
     };
     reporter.event(Event::Phase(Phase::Push));
     let destination = ImageStore::open_destination(&destination_location, &client)?;
-    let put = context.write_patched(&destination, &job.image, &patched, true).await?;
+    let put = context
+        .write_patched(&destination, &job.image, &patched, true)
+        .await?;
     if put.converted {
-        outcome.warnings.push(converted_warning(&destination_location));
+        outcome
+            .warnings
+            .push(converted_warning(&destination_location));
     }
     destination.commit()?;
     outcome.status = PatchStatus::Patched;

@@ -31,7 +31,14 @@ pub async fn push_blobs(
     )
     .await?;
     let layer = &patched.layer;
-    put_file(destination, &layer.path, &layer.digest, layer.size, reporter).await?;
+    put_file(
+        destination,
+        &layer.path,
+        &layer.digest,
+        layer.size,
+        reporter,
+    )
+    .await?;
     put_file(
         destination,
         &patched.config_path,

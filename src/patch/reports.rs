@@ -9,7 +9,7 @@ use super::PatchError;
 use crate::registry::Platform;
 use crate::report::{Report, ReportError};
 
-/// One report and the OCI architecture it was made for, when it says.
+/// One report and the OCI architecture it records, if any.
 #[derive(Debug)]
 pub struct ArchReport {
     path: PathBuf,
@@ -78,8 +78,8 @@ impl Reports {
         })
     }
 
-    /// The report for a platform; a directory's only report also serves an image that
-    /// records no platform.
+    /// Returns the report for a platform. A directory's only report also serves an image
+    /// that records no platform.
     pub fn for_platform(&self, platform: Option<&Platform>) -> Result<&Report, PatchError> {
         let (dir, reports) = match self {
             Reports::Single(report) => return Ok(report),
@@ -105,7 +105,10 @@ impl Reports {
                     format!(
                         "{} ({})",
                         entry.path.display(),
-                        entry.architecture.as_deref().unwrap_or("architecture unknown")
+                        entry
+                            .architecture
+                            .as_deref()
+                            .unwrap_or("architecture unknown")
                     )
                 })
                 .collect::<Vec<_>>()
@@ -114,7 +117,7 @@ impl Reports {
     }
 }
 
-/// The architecture a Trivy report records: `Metadata.ImageConfig.architecture`, else the
+/// Returns the architecture a Trivy report records: `Metadata.ImageConfig.architecture`, else the
 /// `arch` qualifier of its package URLs, mapped to the OCI name.
 fn recorded_architecture(value: &Value, report: &Report) -> Option<String> {
     if let Some(arch) = value

@@ -82,12 +82,11 @@ fn import(file: &Path, dir: &Path) -> Result<(), TransportError> {
     let manifest_path = dir.join("manifest.json");
     let text = fs_err::read(&manifest_path)
         .map_err(|_| invalid("it has neither index.json nor manifest.json".to_owned()))?;
-    let images: Vec<ArchiveImage> = serde_json::from_slice(&text).map_err(|source| {
-        TransportError::Json {
+    let images: Vec<ArchiveImage> =
+        serde_json::from_slice(&text).map_err(|source| TransportError::Json {
             path: file.join("manifest.json"),
             source,
-        }
-    })?;
+        })?;
     layout::init_layout(dir)?;
     let mut moved: HashMap<String, (Digest, u64, &'static str)> = HashMap::new();
     let mut entries = Vec::new();
@@ -164,10 +163,11 @@ fn move_blob(
             reason: format!("manifest.json names {name:?}, outside the archive"),
         });
     }
-    let mut reader = fs_err::File::open(&path).map_err(|source| TransportError::InvalidArchive {
-        path: file.to_owned(),
-        reason: format!("manifest.json names {name:?}, which cannot be read: {source}"),
-    })?;
+    let mut reader =
+        fs_err::File::open(&path).map_err(|source| TransportError::InvalidArchive {
+            path: file.to_owned(),
+            reason: format!("manifest.json names {name:?}, which cannot be read: {source}"),
+        })?;
     let mut magic = [0u8; 4];
     let mut writer = HashingWriter::new(std::io::sink());
     let mut buffer = vec![0u8; 1 << 16];
@@ -201,10 +201,17 @@ fn move_blob(
 
 /// Packs a layout as a docker archive: the layout plus a `manifest.json` listing every
 /// image manifest, written to a temporary file beside `file` and renamed onto it.
-pub(super) fn write_archive(root: &Path, entries: &[Value], file: &Path) -> Result<(), TransportError> {
+pub(super) fn write_archive(
+    root: &Path,
+    entries: &[Value],
+    file: &Path,
+) -> Result<(), TransportError> {
     let mut images = Vec::new();
     for entry in entries {
-        let media_type = entry.get("mediaType").and_then(Value::as_str).unwrap_or(OCI_MANIFEST);
+        let media_type = entry
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .unwrap_or(OCI_MANIFEST);
         if media_type != OCI_MANIFEST && media_type != DOCKER_MANIFEST {
             // NOTE: manifest.json cannot describe an index, so a multi-platform image in
             // an archive is listed in index.json only; `docker load` before 25 skips it.
@@ -215,8 +222,13 @@ pub(super) fn write_archive(root: &Path, entries: &[Value], file: &Path) -> Resu
         };
         let blob = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
         let path = root.join(blob(digest));
-        let manifest: Value = serde_json::from_slice(&fs_err::read(&path).map_err(io_error(&path))?)
-            .map_err(|source| TransportError::Json { path: path.clone(), source })?;
+        let manifest: Value = serde_json::from_slice(
+            &fs_err::read(&path).map_err(io_error(&path))?,
+        )
+        .map_err(|source| TransportError::Json {
+            path: path.clone(),
+            source,
+        })?;
         let config = manifest
             .pointer("/config/digest")
             .and_then(Value::as_str)
@@ -253,10 +265,16 @@ pub(super) fn write_archive(root: &Path, entries: &[Value], file: &Path) -> Resu
         source,
     };
     for name in ["oci-layout", "index.json", "manifest.json"] {
-        builder.append_path_with_name(root.join(name), name).map_err(tar_error)?;
+        builder
+            .append_path_with_name(root.join(name), name)
+            .map_err(tar_error)?;
     }
-    builder.append_dir("blobs", root.join("blobs")).map_err(tar_error)?;
-    builder.append_dir("blobs/sha256", root.join("blobs/sha256")).map_err(tar_error)?;
+    builder
+        .append_dir("blobs", root.join("blobs"))
+        .map_err(tar_error)?;
+    builder
+        .append_dir("blobs/sha256", root.join("blobs/sha256"))
+        .map_err(tar_error)?;
     let blobs_dir = root.join("blobs/sha256");
     let mut blobs: Vec<PathBuf> = fs_err::read_dir(&blobs_dir)
         .map_err(io_error(&blobs_dir))?
@@ -265,11 +283,18 @@ pub(super) fn write_archive(root: &Path, entries: &[Value], file: &Path) -> Resu
         .collect();
     blobs.sort();
     for path in blobs {
-        let name = format!("blobs/sha256/{}", path.file_name().unwrap_or_default().to_string_lossy());
-        builder.append_path_with_name(&path, name).map_err(tar_error)?;
+        let name = format!(
+            "blobs/sha256/{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        builder
+            .append_path_with_name(&path, name)
+            .map_err(tar_error)?;
     }
     let writer = builder.into_inner().map_err(tar_error)?;
-    writer.into_inner().map_err(|error| tar_error(error.into_error()))?;
+    writer
+        .into_inner()
+        .map_err(|error| tar_error(error.into_error()))?;
     temp.as_file().sync_all().map_err(tar_error)?;
     temp.persist(file).map_err(|error| TransportError::Io {
         path: file.to_owned(),

@@ -3,8 +3,8 @@
 use serde_json::Value;
 
 use crate::image::{
-    DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG,
-    OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST,
+    DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX,
+    OCI_LAYER_GZIP, OCI_MANIFEST,
 };
 
 /// Docker media types and the OCI ones that replace them, after the table in the OCI

@@ -97,7 +97,12 @@ impl Layout {
             layout.finish = Finish::InPlace;
             return Ok(layout);
         }
-        if dir.exists() && fs_err::read_dir(dir).map_err(io_error(dir))?.next().is_some() {
+        if dir.exists()
+            && fs_err::read_dir(dir)
+                .map_err(io_error(dir))?
+                .next()
+                .is_some()
+        {
             return Err(TransportError::InvalidLayout {
                 path: dir.to_owned(),
                 reason: "the directory is not empty and has no index.json; \
@@ -186,7 +191,12 @@ impl Layout {
             }
             Err(source) => return Err(TransportError::Io { path, source }),
         };
-        Ok(VerifyingReader::new(file, digest.clone(), size, self.shown.clone()))
+        Ok(VerifyingReader::new(
+            file,
+            digest.clone(),
+            size,
+            self.shown.clone(),
+        ))
     }
 
     /// Copies a file in as a blob unless the layout has it.
@@ -200,14 +210,21 @@ impl Layout {
             return Ok(false);
         }
         let file = tokio::fs::File::open(path).await.map_err(io_error(path))?;
-        self.put_blob_reader(VerifyingReader::new(file, digest.clone(), size, path.to_owned()), digest)
-            .await?;
+        self.put_blob_reader(
+            VerifyingReader::new(file, digest.clone(), size, path.to_owned()),
+            digest,
+        )
+        .await?;
         Ok(true)
     }
 
     /// Writes a stream as a blob through a temporary file renamed into place. The
     /// reader must check the content, as [`VerifyingReader`] and registry blob readers do.
-    pub async fn put_blob_reader<R>(&self, mut reader: R, digest: &Digest) -> Result<(), TransportError>
+    pub async fn put_blob_reader<R>(
+        &self,
+        mut reader: R,
+        digest: &Digest,
+    ) -> Result<(), TransportError>
     where
         R: AsyncRead + Unpin,
     {
@@ -217,8 +234,12 @@ impl Layout {
         let mut file = tokio::fs::File::from_std(file);
         let copied = tokio::io::copy(&mut reader, &mut file).await;
         copied.map_err(|source| read_failure(source, self, digest))?;
-        file.flush().await.map_err(io_error(temp_path.to_path_buf()))?;
-        file.sync_all().await.map_err(io_error(temp_path.to_path_buf()))?;
+        file.flush()
+            .await
+            .map_err(io_error(temp_path.to_path_buf()))?;
+        file.sync_all()
+            .await
+            .map_err(io_error(temp_path.to_path_buf()))?;
         let target = self.blob_path(digest);
         temp_path
             .persist(&target)
@@ -227,7 +248,10 @@ impl Layout {
                 source: error.error,
             })?;
         if matches!(self.finish, Finish::InPlace) {
-            self.added.lock().expect("no panic while holding the list").push(target);
+            self.added
+                .lock()
+                .expect("no panic while holding the list")
+                .push(target);
         }
         tracing::trace!(layout = %self.shown.display(), %digest, "wrote blob");
         Ok(())
@@ -237,7 +261,12 @@ impl Layout {
     pub async fn put_blob_bytes(&self, bytes: &[u8]) -> Result<Digest, TransportError> {
         let digest = Digest::of(bytes);
         if !self.has_blob(&digest) {
-            let reader = VerifyingReader::new(bytes, digest.clone(), bytes.len() as u64, self.shown.clone());
+            let reader = VerifyingReader::new(
+                bytes,
+                digest.clone(),
+                bytes.len() as u64,
+                self.shown.clone(),
+            );
             self.put_blob_reader(reader, &digest).await?;
         }
         Ok(digest)
@@ -285,7 +314,11 @@ impl Layout {
 
     /// Writes `index.json` through a rename, then finishes as [`Finish`] says.
     pub fn commit(mut self) -> Result<(), TransportError> {
-        let index = self.index.lock().expect("no panic while holding the index").clone();
+        let index = self
+            .index
+            .lock()
+            .expect("no panic while holding the index")
+            .clone();
         let mut bytes = serde_json::to_vec(&index).expect("JSON values serialize");
         bytes.push(b'\n');
         write_atomic(&self.root.join("index.json"), &bytes)?;
@@ -300,7 +333,9 @@ impl Layout {
                 let staged = temp.keep();
                 fs_err::rename(&staged, target).map_err(io_error(target))?;
             }
-            Finish::Archive(file) => super::archive::write_archive(self.root(), &self.entries(), file)?,
+            Finish::Archive(file) => {
+                super::archive::write_archive(self.root(), &self.entries(), file)?
+            }
         }
         self.committed = true;
         tracing::debug!(layout = %self.shown.display(), "committed image layout");
@@ -328,7 +363,11 @@ impl Drop for Layout {
         if self.committed {
             return;
         }
-        let added = std::mem::take(self.added.get_mut().expect("no panic while holding the list"));
+        let added = std::mem::take(
+            self.added
+                .get_mut()
+                .expect("no panic while holding the list"),
+        );
         for path in added {
             if let Err(error) = fs_err::remove_file(&path) {
                 tracing::debug!(%error, "failed to remove a blob of an unfinished write");
@@ -364,7 +403,8 @@ pub(super) fn init_layout(root: &Path) -> Result<(), TransportError> {
     }
     let index = root.join("index.json");
     if !index.exists() {
-        let empty = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []});
+        let empty =
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []});
         fs_err::write(&index, empty.to_string()).map_err(io_error(&index))?;
     }
     Ok(())
@@ -426,9 +466,9 @@ fn entry_has_name(entry: &Value, name: &str) -> bool {
 
 /// Unwraps the transport or registry error a blob reader put inside its `io::Error`.
 pub(super) fn read_failure(error: io::Error, layout: &Layout, digest: &Digest) -> TransportError {
-    let carries_error = error
-        .get_ref()
-        .is_some_and(|inner| inner.is::<TransportError>() || inner.is::<crate::registry::RegistryError>());
+    let carries_error = error.get_ref().is_some_and(|inner| {
+        inner.is::<TransportError>() || inner.is::<crate::registry::RegistryError>()
+    });
     if carries_error {
         let inner = error.into_inner().expect("checked above");
         return match inner.downcast::<TransportError>() {
@@ -495,7 +535,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
         if this.read > this.size {
             // A reader returning an error must not have filled the buffer.
             buf.set_filled(before);
-            return Poll::Ready(Err(this.failure(format!("it is larger than {} bytes", this.size))));
+            return Poll::Ready(Err(
+                this.failure(format!("it is larger than {} bytes", this.size))
+            ));
         }
         let Some(hasher) = this.hasher.as_mut() else {
             return Poll::Ready(Ok(()));
@@ -504,10 +546,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for VerifyingReader<R> {
         if chunk.is_empty() {
             let actual = this.hasher.take().expect("checked above").finish();
             if this.read != this.size {
-                return Poll::Ready(Err(this.failure(format!(
-                    "it has {} bytes, not {}",
-                    this.read, this.size
-                ))));
+                return Poll::Ready(Err(
+                    this.failure(format!("it has {} bytes, not {}", this.read, this.size))
+                ));
             }
             if actual != this.digest {
                 return Poll::Ready(Err(this.failure(format!("its content has digest {actual}"))));
@@ -575,8 +616,13 @@ mod tests {
             let added = layout.put_blob_bytes(b"{\"a\":1}").await.unwrap();
             assert!(layout.has_blob(&added));
         }
-        assert_eq!(fs_err::read(target.join("index.json")).unwrap(), index_before);
-        let blobs = fs_err::read_dir(target.join("blobs/sha256")).unwrap().count();
+        assert_eq!(
+            fs_err::read(target.join("index.json")).unwrap(),
+            index_before
+        );
+        let blobs = fs_err::read_dir(target.join("blobs/sha256"))
+            .unwrap()
+            .count();
         assert_eq!(blobs, 1);
     }
 }

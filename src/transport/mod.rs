@@ -132,7 +132,9 @@ impl Location {
         if let Some(rest) = input.strip_prefix(OCI_PREFIX) {
             let (dir, tag) = split_path(rest);
             if dir.is_empty() {
-                return Err(invalid("the layout directory is empty, as in oci:DIR[:TAG]"));
+                return Err(invalid(
+                    "the layout directory is empty, as in oci:DIR[:TAG]",
+                ));
             }
             if let Some(tag) = tag {
                 check_layout_tag(tag).map_err(|reason| invalid(&reason))?;
@@ -186,7 +188,10 @@ impl Location {
             Location::Registry(source) => Ok(Location::Registry(reference::destination(
                 source, tag, tag_suffix,
             )?)),
-            Location::OciLayout { dir, tag: source_tag } => {
+            Location::OciLayout {
+                dir,
+                tag: source_tag,
+            } => {
                 let new_tag = match tag {
                     Some(tag) => tag.to_owned(),
                     None => format!(
@@ -313,7 +318,10 @@ mod tests {
             "oci:dir:v1-patched"
         );
         assert_eq!(
-            layout.destination(Some("v2"), "patched").unwrap().to_string(),
+            layout
+                .destination(Some("v2"), "patched")
+                .unwrap()
+                .to_string(),
             "oci:dir:v2"
         );
         let to_archive = layout

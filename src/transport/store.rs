@@ -113,12 +113,14 @@ impl ImageStore {
                     }
                 };
                 let bytes = layout.read_blob(&digest).await?;
-                let media_type = body_media_type(&bytes)
-                    .or(entry_type)
-                    .ok_or_else(|| TransportError::InvalidLayout {
+                let media_type = body_media_type(&bytes).or(entry_type).ok_or_else(|| {
+                    TransportError::InvalidLayout {
                         path: layout.shown.clone(),
-                        reason: format!("manifest {digest} is neither an image manifest nor an index"),
-                    })?;
+                        reason: format!(
+                            "manifest {digest} is neither an image manifest nor an index"
+                        ),
+                    }
+                })?;
                 tracing::debug!(layout = %layout.shown.display(), %digest, media_type, "read manifest");
                 Ok(FetchedManifest {
                     bytes: Bytes::from(bytes),
@@ -176,10 +178,10 @@ impl ImageStore {
         size: u64,
     ) -> Result<bool, TransportError> {
         match self {
-            ImageStore::Registry { client, reference } => Ok(client
-                .push_blob_file(reference, path, digest, size)
-                .await?
-                == BlobPush::Uploaded),
+            ImageStore::Registry { client, reference } => {
+                Ok(client.push_blob_file(reference, path, digest, size).await?
+                    == BlobPush::Uploaded)
+            }
             ImageStore::Layout(layout) => layout.put_blob_file(path, digest, size).await,
         }
     }
@@ -297,9 +299,14 @@ fn naming_annotations(layout: &Layout) -> Map<String, Value> {
 fn body_media_type(bytes: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(bytes).ok()?;
     if let Some(media_type) = value.get("mediaType").and_then(Value::as_str) {
-        return [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST]
-            .contains(&media_type)
-            .then(|| media_type.to_owned());
+        return [
+            OCI_MANIFEST,
+            OCI_INDEX,
+            DOCKER_MANIFEST,
+            DOCKER_MANIFEST_LIST,
+        ]
+        .contains(&media_type)
+        .then(|| media_type.to_owned());
     }
     if value.get("manifests").is_some() {
         Some(OCI_INDEX.to_owned())
@@ -309,4 +316,3 @@ fn body_media_type(bytes: &[u8]) -> Option<String> {
         None
     }
 }
-
