@@ -183,6 +183,13 @@ fn every_transport_pair_gives_same_tree() {
                     "an OCI source needs no conversion\n{outcome}"
                 );
             }
+            if from == Kind::Archive && to != Kind::Registry {
+                // skopeo's classic archive yields a Docker schema 2 manifest.
+                assert!(
+                    outcome.stderr.contains("converted Docker media types"),
+                    "a Docker manifest written to a layout must be reported\n{outcome}"
+                );
+            }
             let dir = work.path().join(format!("{from:?}-{to:?}"));
             let tree = inspect_and_unpack(&readable, &dir);
             match &reference {

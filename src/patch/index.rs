@@ -134,9 +134,9 @@ pub async fn patch_index(
         .put_manifest(&new_index, &top.media_type, true)
         .await?;
     if converted || put.converted {
-        outcome
-            .warnings
-            .push(converted_warning(destination_location));
+        let warning = converted_warning(destination_location);
+        context.reporter.event(Event::Warning(warning.clone()));
+        outcome.warnings.push(warning);
     }
     outcome.status = PatchStatus::Patched;
     outcome.manifest_digest = Some(put.digest.to_string());

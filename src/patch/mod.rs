@@ -261,9 +261,9 @@ async fn run(
         .write_patched(&destination, &job.image, &patched, true)
         .await?;
     if put.converted {
-        outcome
-            .warnings
-            .push(converted_warning(&destination_location));
+        let warning = converted_warning(&destination_location);
+        reporter.event(Event::Warning(warning.clone()));
+        outcome.warnings.push(warning);
     }
     destination.commit()?;
     outcome.status = PatchStatus::Patched;
