@@ -1,8 +1,9 @@
 //! The Debian patch: from the image's dpkg database and apt sources to a built layer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -44,6 +45,53 @@ pub struct DebianInputs<'a> {
     pub platform_arch: Option<String>,
     /// The mtime of files the patch writes itself (dpkg metadata), seconds since the epoch.
     pub created_epoch: u64,
+    /// The repository client and the package files shared by every platform of a run.
+    pub downloads: &'a SharedDownloads,
+}
+
+/// Package downloads shared by the platforms of one run: one repository client, and
+/// each .deb file fetched once per SHA-256, however many platforms install it.
+pub struct SharedDownloads {
+    fetcher: Fetcher,
+    dir: PathBuf,
+    files: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<PathBuf>>>>,
+}
+
+impl SharedDownloads {
+    /// Creates the client; downloads go to `dir`, created here when missing.
+    pub fn new(settings: &PatchSettings, dir: &Path) -> Result<Self, DebianError> {
+        let fetcher = Fetcher::new(FetchOptions {
+            timeout: settings.timeout,
+            mirrors: settings.repo_mirrors.clone(),
+            ..FetchOptions::default()
+        })?;
+        create_dir(dir)?;
+        Ok(SharedDownloads {
+            fetcher,
+            dir: dir.to_owned(),
+            files: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Returns a candidate's .deb file, downloading it (or copying it from the package
+    /// cache) unless this run already has it.
+    async fn download(
+        &self,
+        settings: &PatchSettings,
+        candidate: &Candidate,
+    ) -> Result<PathBuf, DebianError> {
+        let cell = self
+            .files
+            .lock()
+            .expect("no panic while holding the download map")
+            .entry(candidate.entry.sha256.clone())
+            .or_default()
+            .clone();
+        let path = cell
+            .get_or_try_init(|| download_one(settings, &self.fetcher, candidate, &self.dir))
+            .await?;
+        Ok(path.clone())
+    }
 }
 
 /// What the Debian patch produced; `layer` is `None` when there is nothing to patch.
@@ -196,11 +244,10 @@ pub async fn patch_debian(
 }
 
 /// The resolved plan, the root filesystem it applies to (the image's, or the base below
-/// an earlier patch layer) and the fetcher that read its indexes, for the downloads.
+/// an earlier patch layer).
 struct Resolved<'a> {
     plan: Plan,
     target: &'a RootfsIndex,
-    fetcher: Fetcher,
 }
 
 /// Reads the dpkg database and the repositories' indexes and resolves the report's
@@ -221,12 +268,8 @@ async fn resolve_updates<'a>(
     }
 
     reporter.event(Event::Phase(Phase::ReadRepositories));
-    let fetcher = Fetcher::new(FetchOptions {
-        timeout: inputs.settings.timeout,
-        mirrors: inputs.settings.repo_mirrors.clone(),
-        ..FetchOptions::default()
-    })?;
-    let fetched = load_repositories(rootfs, inputs.settings, &fetcher, &arch)
+    let fetcher = &inputs.downloads.fetcher;
+    let fetched = load_repositories(rootfs, inputs.settings, fetcher, &arch)
         .await?
         .into_iter()
         .map(|index| index.spill_to(inputs.work_dir))
@@ -258,11 +301,7 @@ async fn resolve_updates<'a>(
         _ => (rootfs, requests),
     };
     record_skips_and_failures(&plan, &target_requests, result, reporter);
-    Ok(Some(Resolved {
-        plan,
-        target,
-        fetcher,
-    }))
+    Ok(Some(Resolved { plan, target }))
 }
 
 fn updates_from_plan(plan: &Plan, report: Option<&Report>) -> Vec<PackageUpdate> {
@@ -286,8 +325,9 @@ fn updates_from_plan(plan: &Plan, report: Option<&Report>) -> Vec<PackageUpdate>
 
 /// Downloads the plan's packages, up to [`PARALLEL_DOWNLOADS`] at a time, in plan order.
 ///
-/// With a package cache, a package whose SHA-256 is already there is copied from it, and
-/// every download is copied into it, so images patched in one run share downloads.
+/// A package another platform of this run already fetched is not fetched again. With a
+/// package cache, a package whose SHA-256 is already there is copied from it, and every
+/// download is copied into it, so images patched in one run share downloads.
 async fn download_packages(
     inputs: &DebianInputs<'_>,
     resolved: &Resolved<'_>,
@@ -299,24 +339,21 @@ async fn download_packages(
         items: installs.len(),
         bytes: installs.iter().map(|i| i.candidate.entry.size).sum(),
     });
-    let deb_dir = inputs.work_dir.join("debs");
-    create_dir(&deb_dir)?;
     if let Some(cache) = &inputs.settings.package_cache {
         create_dir(cache)?;
     }
     stream::iter(installs.iter())
-        .map(|install| {
-            let deb_dir = &deb_dir;
-            async move {
-                let path =
-                    download_one(inputs, &resolved.fetcher, &install.candidate, deb_dir).await?;
-                reporter.event(Event::PackageDownloaded {
-                    name: install.name.clone(),
-                    version: install.new_version().to_string(),
-                    bytes: install.candidate.entry.size,
-                });
-                Ok::<_, DebianError>(path)
-            }
+        .map(|install| async move {
+            let path = inputs
+                .downloads
+                .download(inputs.settings, &install.candidate)
+                .await?;
+            reporter.event(Event::PackageDownloaded {
+                name: install.name.clone(),
+                version: install.new_version().to_string(),
+                bytes: install.candidate.entry.size,
+            });
+            Ok::<_, DebianError>(path)
         })
         .buffered(PARALLEL_DOWNLOADS)
         .try_collect()
@@ -324,12 +361,12 @@ async fn download_packages(
 }
 
 async fn download_one(
-    inputs: &DebianInputs<'_>,
+    settings: &PatchSettings,
     fetcher: &Fetcher,
     candidate: &Candidate,
     deb_dir: &Path,
 ) -> Result<PathBuf, DebianError> {
-    let Some(cache) = &inputs.settings.package_cache else {
+    let Some(cache) = &settings.package_cache else {
         return Ok(repo::download_deb(fetcher, candidate, deb_dir).await?);
     };
     // The cache holds only files that download_deb verified against the signed index,
