@@ -58,14 +58,14 @@ pub struct SharedDownloads {
 }
 
 impl SharedDownloads {
-    /// Creates the client; downloads go to `dir`, created here when missing.
+    /// Creates the client; downloads go to `dir`, created by the first download, so a
+    /// dry run leaves no trace of it.
     pub fn new(settings: &PatchSettings, dir: &Path) -> Result<Self, DebianError> {
         let fetcher = Fetcher::new(FetchOptions {
             timeout: settings.timeout,
             mirrors: settings.repo_mirrors.clone(),
             ..FetchOptions::default()
         })?;
-        create_dir(dir)?;
         Ok(SharedDownloads {
             fetcher,
             dir: dir.to_owned(),
@@ -88,7 +88,10 @@ impl SharedDownloads {
             .or_default()
             .clone();
         let path = cell
-            .get_or_try_init(|| download_one(settings, &self.fetcher, candidate, &self.dir))
+            .get_or_try_init(|| async {
+                create_dir(&self.dir)?;
+                download_one(settings, &self.fetcher, candidate, &self.dir).await
+            })
             .await?;
         Ok(path.clone())
     }
