@@ -177,7 +177,7 @@ fn every_transport_pair_gives_same_tree() {
                 outcome.code, 0,
                 "{from:?} to {to:?} must succeed\n{outcome}"
             );
-            if to == Kind::Layout && from != Kind::Layout {
+            if to == Kind::Layout && from != Kind::Archive {
                 assert!(
                     !outcome.stderr.contains("converted Docker media types"),
                     "an OCI source needs no conversion\n{outcome}"

@@ -80,6 +80,8 @@ pub async fn patch_index(
         "patching index"
     );
 
+    // NOTE: the platforms report to one reporter at the same time, so each platform's
+    // `Planned` event restarts the progress bar of that transfer for all of them.
     let jobs: Vec<(usize, ManifestJob)> = try_join_all(selected.iter().map(
         |(position, platform, digest)| async move {
             let child = context.source.fetch_manifest(Some(digest)).await?;
