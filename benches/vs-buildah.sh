@@ -100,22 +100,28 @@ uri_path() {
 main_path=$(uri_path "$MIRROR")
 security_path=$(uri_path "$SECURITY_MIRROR")
 
-# Copies SUITE's signed InRelease and main/binary-amd64/Packages.xz from URI into the
-# local tree under PATH, checking the signature and the index hash like apt does.
+# Copies SUITE's signed InRelease and its main/binary-amd64 Packages.xz and Packages.gz
+# (as a real mirror carries both) from URI into the local tree under PATH, checking the
+# signature and the index hashes like apt does.
 mirror_suite() {
-    local uri=$1 suite=$2 path=$3 dest index=main/binary-amd64/Packages.xz expected
+    local uri=$1 suite=$2 path=$3 dest index expected
     dest="$tmp/mirror/$path/dists/$suite"
     mkdir -p "$dest/main/binary-amd64/by-hash/SHA256"
     curl -fsS --retry 3 -o "$dest/InRelease" "$uri/dists/$suite/InRelease"
     gpgv --quiet --keyring /usr/share/keyrings/debian-archive-keyring.gpg \
         --output "$tmp/Release" "$dest/InRelease" 2>/dev/null ||
         die "invalid signature on $uri/dists/$suite/InRelease"
-    expected=$(awk -v path="$index" '/^SHA256:/ { s = 1; next } /^[^ ]/ { s = 0 }
-        s && $3 == path { print $1; exit }' "$tmp/Release")
-    [ -n "$expected" ] || die "$index not listed in $suite/InRelease"
-    curl -fsS --retry 3 -o "$dest/$index" "$uri/dists/$suite/$index"
-    [ "$(sha256_of "$dest/$index")" = "$expected" ] || die "sha256 mismatch for $uri/dists/$suite/$index"
-    cp "$dest/$index" "$dest/main/binary-amd64/by-hash/SHA256/$expected"
+    for index in main/binary-amd64/Packages.xz main/binary-amd64/Packages.gz; do
+        expected=$(awk -v path="$index" '/^SHA256:/ { s = 1; next } /^[^ ]/ { s = 0 }
+            s && $3 == path { print $1; exit }' "$tmp/Release")
+        [ -n "$expected" ] || continue
+        curl -fsS --retry 3 -o "$dest/$index" "$uri/dists/$suite/$index"
+        [ "$(sha256_of "$dest/$index")" = "$expected" ] ||
+            die "sha256 mismatch for $uri/dists/$suite/$index"
+        cp "$dest/$index" "$dest/main/binary-amd64/by-hash/SHA256/$expected"
+    done
+    [ -f "$dest/main/binary-amd64/Packages.xz" ] ||
+        die "main/binary-amd64/Packages.xz not listed in $suite/InRelease"
 }
 mirror_suite "$MIRROR" bookworm "$main_path"
 mirror_suite "$MIRROR" bookworm-updates "$main_path"

@@ -516,7 +516,7 @@ mod tests {
 
     fn read_entries(path: &Path) -> Vec<(String, EntryType, u32, u64, u64, Option<String>)> {
         let file = std::fs::File::open(path).unwrap();
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
         archive
             .entries()
             .unwrap()
@@ -594,7 +594,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let built = sample_layer().finish(dir.path()).unwrap();
         let file = std::fs::File::open(&built.path).unwrap();
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
         for entry in archive.entries().unwrap() {
             let mut entry = entry.unwrap();
             assert_eq!(entry.header().username().unwrap(), Some(""));

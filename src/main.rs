@@ -27,6 +27,18 @@ const EXIT_NOTHING_TO_PATCH: u8 = 3;
 /// 128 + SIGINT, as shells report a process that a Ctrl-C ended.
 const EXIT_INTERRUPTED: u8 = 130;
 
+/// Caps glibc's malloc at two arenas. By default it makes up to eight per core, one for
+/// each thread that allocates at once, and each keeps the memory freed in it, so the
+/// short-lived decompression and compression threads would raise peak RSS by several MiB.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; it runs before any other thread
+    // starts, as glibc requires for M_ARENA_MAX to take full effect.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Waits for SIGINT or SIGTERM and returns its name.
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
@@ -43,6 +55,7 @@ async fn shutdown_signal() -> &'static str {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Completions { shell } => {

@@ -5,7 +5,7 @@
 //! data member is only ever streamed, one tar entry at a time.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::rootfs::{FileKind, normalize};
@@ -276,6 +276,62 @@ impl DebFile {
         }
         outcome
     }
+}
+
+/// Writes a copy of the .deb at `source` to `dest` with its data member decompressed
+/// (`data.tar`), keeping every other member as it is. Unpacking the copy then costs no
+/// decompression, so the copies of several packages can be made in parallel while the
+/// installer, which must go in order, reads them later.
+pub fn decompress_data_member(source: &Path, dest: &Path) -> Result<(), DebError> {
+    let io_error = |path: &Path, error| DebError::Open {
+        path: path.to_owned(),
+        source: error,
+    };
+    let data_path = dest.with_extension("data.tar");
+    let mut data_file = fs_err::File::create(&data_path).map_err(|e| io_error(&data_path, e))?;
+    let found = with_member(source, "data.tar", |name, reader| {
+        io::copy(reader, &mut data_file).map_err(|e| member_error(source, name, e))?;
+        Ok(())
+    })?;
+    if !found {
+        return Err(DebError::MissingMember {
+            path: source.to_owned(),
+            member: "data.tar",
+        });
+    }
+    drop(data_file);
+
+    let input = fs_err::File::open(source).map_err(|e| io_error(source, e))?;
+    let output = fs_err::File::create(dest).map_err(|e| io_error(dest, e))?;
+    let mut archive = ar::Archive::new(io::BufReader::new(input));
+    let mut builder = ar::Builder::new(io::BufWriter::new(output));
+    while let Some(entry) = archive.next_entry() {
+        let mut entry = entry.map_err(|e| io_error(source, e))?;
+        let header = entry.header().clone();
+        let name = String::from_utf8_lossy(header.identifier())
+            .trim_end_matches('/')
+            .to_owned();
+        if name.starts_with("data.tar") {
+            let data = fs_err::File::open(&data_path).map_err(|e| io_error(&data_path, e))?;
+            let size = data.metadata().map_err(|e| io_error(&data_path, e))?.len();
+            let mut plain = ar::Header::new(b"data.tar".to_vec(), size);
+            plain.set_mode(header.mode());
+            plain.set_mtime(header.mtime());
+            builder
+                .append(&plain, io::BufReader::new(data))
+                .map_err(|e| io_error(dest, e))?;
+        } else {
+            builder
+                .append(&header, &mut entry)
+                .map_err(|e| io_error(dest, e))?;
+        }
+    }
+    builder
+        .into_inner()
+        .and_then(|mut writer| writer.flush())
+        .map_err(|e| io_error(dest, e))?;
+    fs_err::remove_file(&data_path).map_err(|e| io_error(&data_path, e))?;
+    Ok(())
 }
 
 fn member_error(path: &Path, member: &str, source: io::Error) -> DebError {

@@ -864,7 +864,7 @@ mod tests {
     /// Applies a layer tarball to a directory, whiteouts included.
     fn apply(root: &Path, layer: &Path) {
         let file = std::fs::File::open(layer).unwrap();
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
         for entry in archive.entries().unwrap() {
             let mut entry = entry.unwrap();
             let name = entry.path().unwrap().to_string_lossy().into_owned();

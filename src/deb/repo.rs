@@ -495,7 +495,7 @@ async fn fetch_release(
         .fetch(&release_url)
         .await?
         .ok_or_else(|| RepoError::NotFound {
-            url: inrelease_url.to_string(),
+            url: fetcher.rewrite(&inrelease_url).to_string(),
         })?;
     if source.trusted {
         return Ok((
@@ -508,7 +508,7 @@ async fn fetch_release(
         .fetch(&signature_url)
         .await?
         .ok_or_else(|| RepoError::NotFound {
-            url: signature_url.to_string(),
+            url: fetcher.rewrite(&signature_url).to_string(),
         })?;
     let release = release::verify_detached(&data, &signature, keyring, now, &url)?;
     Ok((release, dist))
@@ -542,7 +542,7 @@ async fn fetch_index_file(
             .fetch(&url)
             .await?
             .ok_or_else(|| RepoError::NotFound {
-                url: url.to_string(),
+                url: fetcher.rewrite(&url).to_string(),
             })?,
     };
     let actual = hex::encode(Sha256::digest(&data));
@@ -562,14 +562,16 @@ async fn fetch_index_file(
 }
 
 /// Picks the best compression of a `Packages` index listed in the Release file.
-/// Picks the index file to fetch. gzip comes first: bookworm's main index is 37% larger
-/// as gzip than as xz, but `zcat` unpacks its 50 MB in 0.23 s where `xz -dc` takes
-/// 0.66 s on one core of a 2-core test VM.
-fn pick_index(release: &Release, directory: &str) -> Option<String> {
+/// Lists the index files of `directory` that the Release file names, in the order they
+/// are tried. gzip comes first: bookworm's main index is 37% larger as gzip than as xz,
+/// but `zcat` unpacks its 50 MB in 0.23 s where `xz -dc` takes 0.66 s on one core of a
+/// 2-core test VM. A mirror that lacks one of them falls through to the next.
+fn index_candidates(release: &Release, directory: &str) -> Vec<String> {
     ["Packages.gz", "Packages.xz", "Packages"]
         .into_iter()
         .map(|name| format!("{directory}{name}"))
-        .find(|path| release.sha256.contains_key(path))
+        .filter(|path| release.sha256.contains_key(path))
+        .collect()
 }
 
 /// One `Packages` index, fetched and checked against its signed `Release`, still
@@ -661,11 +663,27 @@ async fn fetch_source(
 
     let mut indexes = Vec::new();
     for directory in directories {
-        let Some(path) = pick_index(&release, &directory) else {
+        let candidates = index_candidates(&release, &directory);
+        if candidates.is_empty() {
             tracing::debug!(%origin, directory, "no Packages index listed");
             continue;
+        }
+        let mut fetched = None;
+        for (position, path) in candidates.iter().enumerate() {
+            match fetch_index_file(fetcher, &release, &dist, path).await {
+                Ok(data) => {
+                    fetched = Some((path.clone(), data));
+                    break;
+                }
+                Err(RepoError::NotFound { url }) if position + 1 < candidates.len() => {
+                    tracing::debug!(%url, "index file not on the mirror, trying the next form");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let Some((path, data)) = fetched else {
+            continue;
         };
-        let data = fetch_index_file(fetcher, &release, &dist, &path).await?;
         indexes.push(FetchedIndex {
             url: format!("{dist}{path}"),
             path,

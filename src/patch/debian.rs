@@ -12,6 +12,7 @@ use super::{
     Event, FailedPackage, PackageUpdate, PatchSettings, Phase, Reporter, ScriptsNotRun,
     SkippedPackage, Transfer,
 };
+use crate::deb::debfile;
 use crate::deb::install::{self, InstallError, InstallOptions, PackageToInstall};
 use crate::deb::packages::{self, MultiArch, PackagesError};
 use crate::deb::release::Keyring;
@@ -55,6 +56,9 @@ pub struct SharedDownloads {
     fetcher: Fetcher,
     dir: PathBuf,
     files: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<PathBuf>>>>,
+    /// One decompression per core, since each xz decoder holds its dictionary (8 MiB for
+    /// Debian's packages) in memory.
+    decompressions: tokio::sync::Semaphore,
 }
 
 impl SharedDownloads {
@@ -66,15 +70,18 @@ impl SharedDownloads {
             mirrors: settings.repo_mirrors.clone(),
             ..FetchOptions::default()
         })?;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Ok(SharedDownloads {
             fetcher,
             dir: dir.to_owned(),
             files: Mutex::new(HashMap::new()),
+            decompressions: tokio::sync::Semaphore::new(cores),
         })
     }
 
-    /// Returns a candidate's .deb file, downloading it (or copying it from the package
-    /// cache) unless this run already has it.
+    /// Returns a candidate's .deb file with a plain data member, downloading it (or
+    /// copying it from the package cache) and decompressing it unless this run already
+    /// has it.
     async fn download(
         &self,
         settings: &PatchSettings,
@@ -90,7 +97,16 @@ impl SharedDownloads {
         let path = cell
             .get_or_try_init(|| async {
                 create_dir(&self.dir)?;
-                download_one(settings, &self.fetcher, candidate, &self.dir).await
+                let path = download_one(settings, &self.fetcher, candidate, &self.dir).await?;
+                // Decompress the data member now, on a blocking thread, so the ordered
+                // unpacking that follows reads plain tar.
+                let _permit = self.decompressions.acquire().await;
+                let plain = path.with_extension("plain.deb");
+                let (from, to) = (path, plain.clone());
+                tokio::task::spawn_blocking(move || debfile::decompress_data_member(&from, &to))
+                    .await
+                    .map_err(|error| DebianError::Task(error.to_string()))??;
+                Ok::<_, DebianError>(plain)
             })
             .await?;
         Ok(path.clone())
@@ -156,6 +172,10 @@ pub enum DebianError {
     Install(#[from] InstallError),
     #[error(transparent)]
     Layer(#[from] LayerError),
+    #[error(transparent)]
+    Deb(#[from] crate::deb::debfile::DebError),
+    #[error("a background task failed: {0}")]
+    Task(String),
     #[error("failed to write {path}")]
     WorkDir {
         path: PathBuf,

@@ -12,7 +12,7 @@ use crate::transport::ImageStore;
 /// third transfer waits on the network.
 const PARALLEL_LAYERS: usize = 3;
 
-/// The files any supported distribution's patch reads from an image.
+/// Selects the files that the patch of any supported distribution reads from an image.
 pub fn patch_selector() -> Selector {
     let paths = [
         "etc/os-release",
@@ -48,7 +48,7 @@ pub fn patch_selector() -> Selector {
             "var/lib/dpkg/info".to_owned(),
             info_suffixes.iter().map(|s| (*s).to_owned()).collect(),
         )],
-        // Conffiles live under /etc; their MD5 tells whether the admin changed them.
+        // Conffiles live under /etc, and their MD5 shows whether the admin changed them.
         hash_dirs: vec!["etc".to_owned()],
     }
 }

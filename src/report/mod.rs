@@ -13,7 +13,7 @@ pub mod copa;
 pub mod grype;
 pub mod trivy;
 
-/// The operating system a report says it scanned.
+/// The operating system that the report names as scanned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportOs {
     /// The distribution family as the scanner names it (`debian`, `ubuntu`, `alpine`).
@@ -22,7 +22,7 @@ pub struct ReportOs {
     pub version: String,
 }
 
-/// One OS package the report asks to update.
+/// One OS package that the report requests an update of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackageFix {
     /// The binary package name.

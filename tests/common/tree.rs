@@ -230,7 +230,7 @@ pub struct LayerEntry {
 pub fn decompress_layer(blob: &[u8], media_type: &str) -> Vec<u8> {
     let mut tar = Vec::new();
     if media_type.ends_with("+gzip") || media_type.ends_with(".tar.gzip") {
-        flate2::read::GzDecoder::new(blob)
+        flate2::read::MultiGzDecoder::new(blob)
             .read_to_end(&mut tar)
             .expect("layer is valid gzip");
     } else if media_type.ends_with("+zstd") || media_type.ends_with(".tar.zstd") {
