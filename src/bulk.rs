@@ -127,8 +127,9 @@ fn jobs(entries: Vec<ImageEntry>) -> Vec<Job> {
             }),
             _ => {
                 for platform in entry.platforms.clone() {
-                    // NOTE: each platform is pushed under its own tag; no multi-platform
-                    // index of the results is written.
+                    // NOTE: each platform is patched under its own tag, in an index
+                    // whose other platforms stay unchanged; no index combining the
+                    // patched platforms is written.
                     let suffix = platform.split('/').skip(1).collect::<Vec<_>>().join("-");
                     jobs.push(Job {
                         entry: entry.clone(),
@@ -250,7 +251,7 @@ async fn run_job(
             Ok(settings) => settings,
             Err(err) => return failed(EXIT_USER_ERROR, format!("{err:#}")),
         };
-    settings.platform = platform.clone();
+    settings.platforms = platform.iter().cloned().collect();
     settings.tag = entry.tag.clone();
     if let Some(scanner) = &entry.scanner {
         settings.scanner = report_format(ScannerFlag::from_str(scanner, true).ok());

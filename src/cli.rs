@@ -99,17 +99,19 @@ pub enum ScannerFlag {
         .required(true)
 ))]
 pub struct PatchArgs {
-    /// The image to patch, as a registry reference (`registry/repo:tag` or
-    /// `repo@sha256:…`; `docker.io/library/` is the default prefix). Required unless
-    /// `--config` is given.
+    /// The image to patch: a registry reference (`registry/repo:tag`, `repo@sha256:…`
+    /// or `docker://REF`; `docker.io/library/` is the default prefix), an OCI image
+    /// layout `oci:DIR[:TAG]`, or a `docker save` tarball `docker-archive:FILE[:REF]`.
+    /// Required unless `--config` is given.
     #[arg(short, long, value_name = "IMAGE", conflicts_with = "config")]
     pub image: Option<String>,
 
     /// The scanner report of the image's vulnerabilities (Trivy, Grype or copa
-    /// scanner-plugin JSON). Without it, every installed package with a newer version in
-    /// the repositories is updated, as `apt-get upgrade` would: upgrades that need a
-    /// package the image lacks are kept back.
-    #[arg(short, long, value_name = "FILE", conflicts_with = "config")]
+    /// scanner-plugin JSON), or a directory of reports matched to an index's platforms
+    /// by the architecture each records. Without it, every installed package with a
+    /// newer version in the repositories is updated, as `apt-get upgrade` would: upgrades
+    /// that need a package the image lacks are kept back.
+    #[arg(short, long, value_name = "FILE|DIR", conflicts_with = "config")]
     pub report: Option<PathBuf>,
 
     /// The report's format. Default: detected from the content.
@@ -125,11 +127,17 @@ pub struct PatchArgs {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
 
-    /// The tag of the patched image: a bare tag in the source repository, or a full
-    /// `[registry/]repo:tag` elsewhere. Required when the image is given by digest only.
-    /// Default: the source tag plus `-` and `--tag-suffix`.
+    /// Where the patched image goes: a bare tag in the source repository or layout, a
+    /// full `[registry/]repo:tag`, or a location with a transport prefix (`oci:DIR:TAG`,
+    /// `docker-archive:FILE:REF`, `docker://REF`). Required when the image is given by
+    /// digest only. Default: the source tag plus `-` and `--tag-suffix`.
     #[arg(short, long, value_name = "TAG", conflicts_with = "config")]
     pub tag: Option<String>,
+
+    /// Write the patched image as an OCI image layout in DIR, tagged as `-t` or the
+    /// derived tag says, in place of the destination.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["push", "config"])]
+    pub oci_dir: Option<PathBuf>,
 
     /// The suffix appended to the source tag when `--tag` is not given.
     #[arg(long, value_name = "SUFFIX", default_value = "patched")]
@@ -148,14 +156,15 @@ pub struct PatchArgs {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Push the result to the registry. Always on; accepted for compatibility with copa.
+    /// Push the result to the registry. Accepted for compatibility with copa: a registry
+    /// destination is always pushed to.
     #[arg(long)]
     pub push: bool,
 
-    /// The platform to patch in a multi-platform image, as `os/arch[/variant]`.
-    /// Default: the host's platform.
-    #[arg(long, value_name = "PLATFORM", conflicts_with = "config")]
-    pub platform: Option<String>,
+    /// A platform to patch in a multi-platform image, as `os/arch[/variant]`.
+    /// Repeatable. Default: every platform; the others stay in the index unchanged.
+    #[arg(long = "platform", value_name = "PLATFORM", conflicts_with = "config")]
+    pub platforms: Vec<String>,
 
     /// A registry host (`host[:port]`) reached over plain HTTP. Loopback registries
     /// always are. Repeatable.

@@ -11,7 +11,8 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::patch::{PatchOutcome, PatchStatus};
-use crate::reference::{Reference, ReferenceError};
+use crate::reference::Reference;
+use crate::transport::{Location, TransportError};
 
 /// The JSON-LD context of OpenVEX v0.2.0.
 pub const OPENVEX_CONTEXT: &str = "https://openvex.dev/ns/v0.2.0";
@@ -28,18 +29,18 @@ pub struct VexOptions {
 /// A VEX document that cannot be written for this outcome.
 #[derive(Debug, thiserror::Error)]
 pub enum VexError {
-    #[error("no image was pushed, so there is no product for a VEX document")]
+    #[error("no image was written, so there is no product for a VEX document")]
     NotPatched,
     #[error(
         "the patch fixed no reported vulnerability, and an OpenVEX document needs at least \
          one statement"
     )]
     NothingFixed,
-    #[error("invalid destination reference {reference:?}")]
+    #[error("invalid destination {reference:?}")]
     Destination {
         reference: String,
         #[source]
-        source: ReferenceError,
+        source: Box<TransportError>,
     },
 }
 
@@ -141,12 +142,45 @@ pub fn openvex_document(
 }
 
 /// `pkg:oci/NAME@sha256:…?repository_url=REGISTRY/REPOSITORY&tag=TAG`, where NAME is
-/// the last path segment of the repository, as the purl `oci` type defines it.
+/// the last path segment of the repository, as the purl `oci` type defines it. An image
+/// written to an OCI layout or archive has no repository URL: NAME is the layout
+/// directory's or archive reference's last segment, and TAG its tag.
 fn image_purl(destination: &str, digest: &str) -> Result<String, VexError> {
-    let reference = Reference::parse(destination).map_err(|source| VexError::Destination {
+    let location = Location::parse(destination).map_err(|source| VexError::Destination {
         reference: destination.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
+    let reference = match location {
+        Location::Registry(reference) => reference,
+        Location::OciLayout { dir, tag } => {
+            let name = dir
+                .file_name()
+                .map_or_else(|| "image".to_owned(), |name| name.to_string_lossy().into());
+            return Ok(local_purl(&name, digest, tag.as_deref()));
+        }
+        Location::DockerArchive { file, reference } => {
+            let parsed = reference
+                .as_deref()
+                .and_then(|text| Reference::parse(text).ok());
+            let (name, tag) = match &parsed {
+                Some(reference) => (
+                    reference
+                        .repository
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(&reference.repository)
+                        .to_owned(),
+                    reference.tag.as_deref(),
+                ),
+                None => (
+                    file.file_stem()
+                        .map_or_else(|| "image".to_owned(), |name| name.to_string_lossy().into()),
+                    None,
+                ),
+            };
+            return Ok(local_purl(&name, digest, tag));
+        }
+    };
     let name = reference
         .repository
         .rsplit('/')
@@ -161,6 +195,14 @@ fn image_purl(destination: &str, digest: &str) -> Result<String, VexError> {
         purl.push_str(tag);
     }
     Ok(purl)
+}
+
+/// `pkg:oci/NAME@DIGEST[?tag=TAG]` for an image outside any registry.
+fn local_purl(name: &str, digest: &str, tag: Option<&str>) -> String {
+    match tag {
+        Some(tag) => format!("pkg:oci/{name}@{digest}?tag={tag}"),
+        None => format!("pkg:oci/{name}@{digest}"),
+    }
 }
 
 /// `pkg:deb/debian/NAME@VERSION?arch=ARCH&distro=debian-12` for dpkg images and
@@ -217,6 +259,7 @@ mod tests {
             failed: Vec::new(),
             scripts_not_run: Vec::new(),
             warnings: Vec::new(),
+            platforms: Vec::new(),
         }
     }
 
@@ -273,6 +316,23 @@ mod tests {
         assert_eq!(
             document.statements[0].products[0].subcomponents[0].id,
             "pkg:apk/alpine/libcrypto3@3.3.3-r0?arch=amd64&distro=alpine-3.21.0"
+        );
+    }
+
+    #[test]
+    fn layouts_and_archives_get_local_purls() {
+        let digest = format!("sha256:{}", "b".repeat(64));
+        assert_eq!(
+            image_purl("oci:/tmp/images/app:1.0-patched", &digest).unwrap(),
+            format!("pkg:oci/app@{digest}?tag=1.0-patched")
+        );
+        assert_eq!(
+            image_purl("docker-archive:/tmp/app.tar:example/app:2", &digest).unwrap(),
+            format!("pkg:oci/app@{digest}?tag=2")
+        );
+        assert_eq!(
+            image_purl("docker://127.0.0.1:5000/library/debian:x", &digest).unwrap(),
+            format!("pkg:oci/debian@{digest}?repository_url=127.0.0.1:5000/library/debian&tag=x")
         );
     }
 

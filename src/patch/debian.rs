@@ -1,8 +1,9 @@
 //! The Debian patch: from the image's dpkg database and apt sources to a built layer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -45,6 +46,71 @@ pub struct DebianInputs<'a> {
     pub platform_arch: Option<String>,
     /// The mtime of files the patch writes itself (dpkg metadata), seconds since the epoch.
     pub created_epoch: u64,
+    /// The repository client and the package files shared by every platform of a run.
+    pub downloads: &'a SharedDownloads,
+}
+
+/// Package downloads shared by the platforms of one run: one repository client, and
+/// each .deb file fetched once per SHA-256, however many platforms install it.
+pub struct SharedDownloads {
+    fetcher: Fetcher,
+    dir: PathBuf,
+    files: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<PathBuf>>>>,
+    /// One decompression per core, since each xz decoder holds its dictionary (8 MiB for
+    /// Debian's packages) in memory.
+    decompressions: tokio::sync::Semaphore,
+}
+
+impl SharedDownloads {
+    /// Creates the client; downloads go to `dir`, created by the first download, so a
+    /// dry run leaves no trace of it.
+    pub fn new(settings: &PatchSettings, dir: &Path) -> Result<Self, DebianError> {
+        let fetcher = Fetcher::new(FetchOptions {
+            timeout: settings.timeout,
+            mirrors: settings.repo_mirrors.clone(),
+            ..FetchOptions::default()
+        })?;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Ok(SharedDownloads {
+            fetcher,
+            dir: dir.to_owned(),
+            files: Mutex::new(HashMap::new()),
+            decompressions: tokio::sync::Semaphore::new(cores),
+        })
+    }
+
+    /// Returns a candidate's .deb file with a plain data member, downloading it (or
+    /// copying it from the package cache) and decompressing it unless this run already
+    /// has it.
+    async fn download(
+        &self,
+        settings: &PatchSettings,
+        candidate: &Candidate,
+    ) -> Result<PathBuf, DebianError> {
+        let cell = self
+            .files
+            .lock()
+            .expect("no panic while holding the download map")
+            .entry(candidate.entry.sha256.clone())
+            .or_default()
+            .clone();
+        let path = cell
+            .get_or_try_init(|| async {
+                create_dir(&self.dir)?;
+                let path = download_one(settings, &self.fetcher, candidate, &self.dir).await?;
+                // Decompress the data member now, on a blocking thread, so the ordered
+                // unpacking that follows reads plain tar.
+                let _permit = self.decompressions.acquire().await;
+                let plain = path.with_extension("plain.deb");
+                let (from, to) = (path, plain.clone());
+                tokio::task::spawn_blocking(move || debfile::decompress_data_member(&from, &to))
+                    .await
+                    .map_err(|error| DebianError::Task(error.to_string()))??;
+                Ok::<_, DebianError>(plain)
+            })
+            .await?;
+        Ok(path.clone())
+    }
 }
 
 /// What the Debian patch produced; `layer` is `None` when there is nothing to patch.
@@ -201,11 +267,10 @@ pub async fn patch_debian(
 }
 
 /// The resolved plan, the root filesystem it applies to (the image's, or the base below
-/// an earlier patch layer) and the fetcher that read its indexes, for the downloads.
+/// an earlier patch layer).
 struct Resolved<'a> {
     plan: Plan,
     target: &'a RootfsIndex,
-    fetcher: Fetcher,
 }
 
 /// Reads the dpkg database and the repositories' indexes and resolves the report's
@@ -226,12 +291,8 @@ async fn resolve_updates<'a>(
     }
 
     reporter.event(Event::Phase(Phase::ReadRepositories));
-    let fetcher = Fetcher::new(FetchOptions {
-        timeout: inputs.settings.timeout,
-        mirrors: inputs.settings.repo_mirrors.clone(),
-        ..FetchOptions::default()
-    })?;
-    let fetched = load_repositories(rootfs, inputs.settings, &fetcher, &arch)
+    let fetcher = &inputs.downloads.fetcher;
+    let fetched = load_repositories(rootfs, inputs.settings, fetcher, &arch)
         .await?
         .into_iter()
         .map(|index| index.spill_to(inputs.work_dir))
@@ -263,11 +324,7 @@ async fn resolve_updates<'a>(
         _ => (rootfs, requests),
     };
     record_skips_and_failures(&plan, &target_requests, result, reporter);
-    Ok(Some(Resolved {
-        plan,
-        target,
-        fetcher,
-    }))
+    Ok(Some(Resolved { plan, target }))
 }
 
 fn updates_from_plan(plan: &Plan, report: Option<&Report>) -> Vec<PackageUpdate> {
@@ -293,8 +350,9 @@ fn updates_from_plan(plan: &Plan, report: Option<&Report>) -> Vec<PackageUpdate>
 
 /// Downloads the plan's packages, up to [`PARALLEL_DOWNLOADS`] at a time, in plan order.
 ///
-/// With a package cache, a package whose SHA-256 is already there is copied from it, and
-/// every download is copied into it, so images patched in one run share downloads.
+/// A package another platform of this run already fetched is not fetched again. With a
+/// package cache, a package whose SHA-256 is already there is copied from it, and every
+/// download is copied into it, so images patched in one run share downloads.
 async fn download_packages(
     inputs: &DebianInputs<'_>,
     resolved: &Resolved<'_>,
@@ -306,37 +364,21 @@ async fn download_packages(
         items: installs.len(),
         bytes: installs.iter().map(|i| i.candidate.entry.size).sum(),
     });
-    let deb_dir = inputs.work_dir.join("debs");
-    create_dir(&deb_dir)?;
     if let Some(cache) = &inputs.settings.package_cache {
         create_dir(cache)?;
     }
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let decompressions = tokio::sync::Semaphore::new(cores);
     stream::iter(installs.iter())
-        .map(|install| {
-            let deb_dir = &deb_dir;
-            let decompressions = &decompressions;
-            async move {
-                let path =
-                    download_one(inputs, &resolved.fetcher, &install.candidate, deb_dir).await?;
-                reporter.event(Event::PackageDownloaded {
-                    name: install.name.clone(),
-                    version: install.new_version().to_string(),
-                    bytes: install.candidate.entry.size,
-                });
-                // Decompress the data member now, on a blocking thread, so the ordered
-                // unpacking that follows reads plain tar.
-                // One decompression per core, since each xz decoder holds its dictionary
-                // (8 MiB for Debian's packages) in memory.
-                let _permit = decompressions.acquire().await;
-                let plain = path.with_extension("plain.deb");
-                let (from, to) = (path.clone(), plain.clone());
-                tokio::task::spawn_blocking(move || debfile::decompress_data_member(&from, &to))
-                    .await
-                    .map_err(|error| DebianError::Task(error.to_string()))??;
-                Ok::<_, DebianError>(plain)
-            }
+        .map(|install| async move {
+            let path = inputs
+                .downloads
+                .download(inputs.settings, &install.candidate)
+                .await?;
+            reporter.event(Event::PackageDownloaded {
+                name: install.name.clone(),
+                version: install.new_version().to_string(),
+                bytes: install.candidate.entry.size,
+            });
+            Ok::<_, DebianError>(path)
         })
         .buffered(PARALLEL_DOWNLOADS)
         .try_collect()
@@ -344,12 +386,12 @@ async fn download_packages(
 }
 
 async fn download_one(
-    inputs: &DebianInputs<'_>,
+    settings: &PatchSettings,
     fetcher: &Fetcher,
     candidate: &Candidate,
     deb_dir: &Path,
 ) -> Result<PathBuf, DebianError> {
-    let Some(cache) = &inputs.settings.package_cache else {
+    let Some(cache) = &settings.package_cache else {
         return Ok(repo::download_deb(fetcher, candidate, deb_dir).await?);
     };
     // The cache holds only files that download_deb verified against the signed index,

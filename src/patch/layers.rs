@@ -4,9 +4,9 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use tokio_util::io::SyncIoBridge;
 
 use super::{Event, PatchError, Reporter};
-use crate::reference::Reference;
-use crate::registry::{Descriptor, RegistryClient};
+use crate::registry::Descriptor;
 use crate::rootfs::{self, Compression, LayerScan, Selector};
+use crate::transport::ImageStore;
 
 /// Layers downloaded at the same time. Two keep both cores busy decompressing while a
 /// third transfer waits on the network.
@@ -56,8 +56,7 @@ pub fn patch_selector() -> Selector {
 /// Streams every layer once, scanning up to [`PARALLEL_LAYERS`] at a time, and returns
 /// the scans bottom-up, for [`rootfs::merge_layers`].
 pub async fn read_layers(
-    client: &RegistryClient,
-    source: &Reference,
+    source: &ImageStore,
     layers: &[Descriptor],
     reporter: &dyn Reporter,
 ) -> Result<Vec<LayerScan>, PatchError> {
@@ -66,7 +65,7 @@ pub async fn read_layers(
         .map(|layer| {
             let selector = selector.clone();
             async move {
-                let scan = scan_one(client, source, &layer, selector).await?;
+                let scan = scan_one(source, &layer, selector).await?;
                 reporter.event(Event::LayerRead {
                     digest: layer.digest.to_string(),
                     bytes: layer.size,
@@ -81,8 +80,7 @@ pub async fn read_layers(
 }
 
 async fn scan_one(
-    client: &RegistryClient,
-    source: &Reference,
+    source: &ImageStore,
     layer: &Descriptor,
     selector: Selector,
 ) -> Result<LayerScan, PatchError> {
@@ -92,7 +90,7 @@ async fn scan_one(
             media_type: layer.media_type.clone(),
         }
     })?;
-    let reader = client.open_blob(source, &layer.digest, layer.size).await?;
+    let reader = source.open_blob(&layer.digest, layer.size).await?;
     let digest = layer.digest.to_string();
     tokio::task::spawn_blocking(move || {
         let bridge = SyncIoBridge::new(reader);

@@ -3,38 +3,44 @@
 mod alpine;
 mod debian;
 mod events;
+mod index;
 mod layers;
+mod manifest;
 mod outcome;
 mod push;
+mod reports;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::deb::repo::MirrorRewrite;
-use crate::digest::Digest;
-use crate::image::{self, HistoryEntry, ImageError, PATCH_LABEL, PatchRecord, PatchedPackage};
+use crate::image::{self, ImageError, PatchRecord};
 use crate::osrelease::OsRelease;
-use crate::reference::{self, Reference, ReferenceError};
+use crate::reference::{Reference, ReferenceError};
 use crate::registry::auth::AuthEnv;
-use crate::registry::{
-    InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions, ResolvedImage,
-};
+use crate::registry::{InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions};
 use crate::report::{Report, ReportError, ReportFormat};
-use crate::rootfs::{self, ScanError};
+use crate::rootfs::ScanError;
+use crate::transport::{ImageStore, Location, TransportError};
+
+use reports::Reports;
 
 pub use events::{Event, NoReporter, Phase, Reporter, Transfer};
 pub use outcome::{
     Distro, FailedPackage, OUTCOME_SCHEMA_VERSION, PackageUpdate, PatchOutcome, PatchStatus,
-    ScriptsNotRun, SkippedPackage,
+    PlatformOutcome, ScriptsNotRun, SkippedPackage,
 };
 
 /// Everything a patch needs, resolved from flags, environment and files by the caller.
 #[derive(Debug, Clone)]
 pub struct PatchSettings {
-    /// The source image reference.
+    /// The source image: a registry reference or a transport location such as
+    /// `oci:DIR:TAG` or `docker-archive:FILE`.
     pub image: String,
-    /// The scanner report; `None` updates every installed package that has a newer
-    /// version, as `apt-get upgrade` would.
+    /// The scanner report, or a directory of reports matched to platforms; `None`
+    /// updates every installed package that has a newer version, as `apt-get upgrade`
+    /// would.
     pub report: Option<PathBuf>,
     /// The report's format; `None` detects it from the content.
     pub scanner: Option<ReportFormat>,
@@ -43,16 +49,19 @@ pub struct PatchSettings {
     /// A directory of verified package files named by SHA-256, shared between patches;
     /// `None` keeps downloads in the work directory only.
     pub package_cache: Option<PathBuf>,
-    /// `-t`: a bare tag or a full reference for the result.
+    /// `-t`: a bare tag, a full reference or a transport location for the result.
     pub tag: Option<String>,
+    /// `--oci-dir`: write the result as an OCI layout in this directory.
+    pub oci_dir: Option<PathBuf>,
     /// Appended to the source tag as `TAG-SUFFIX` when `tag` is `None`.
     pub tag_suffix: String,
     /// Patch what can be patched when some reported packages cannot be.
     pub ignore_errors: bool,
     /// The limit for the whole patch.
     pub timeout: Duration,
-    /// `os/arch[/variant]` for multi-platform images; `None` means the host's.
-    pub platform: Option<String>,
+    /// `os/arch[/variant]` values that limit which platforms of an index are patched;
+    /// empty means every platform.
+    pub platforms: Vec<String>,
     /// Registry hosts reached over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// PEM files with extra CA certificates.
@@ -82,7 +91,30 @@ pub enum PatchError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
+    Transport(TransportError),
+    #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("manifest {digest} is invalid: {reason}")]
+    InvalidManifest { digest: String, reason: String },
+    #[error(
+        "{source_image} has no platform matching {requested}; available: {available}\n\
+         hint: pick platforms from the available ones with --platform"
+    )]
+    NoMatchingPlatform {
+        source_image: String,
+        requested: String,
+        available: String,
+    },
+    #[error(
+        "no report in {dir} is for {platform}; reports: {available}\n\
+         hint: add a report with that platform's architecture, or limit the platforms \
+         with --platform"
+    )]
+    NoReportForPlatform {
+        dir: PathBuf,
+        platform: String,
+        available: String,
+    },
     #[error("failed to read layer {digest}")]
     Layer {
         digest: String,
@@ -138,6 +170,8 @@ impl PatchError {
             PatchError::Reference(_)
             | PatchError::Report(_)
             | PatchError::Platform(_)
+            | PatchError::NoMatchingPlatform { .. }
+            | PatchError::NoReportForPlatform { .. }
             | PatchError::NoOsRelease
             | PatchError::UnsupportedOs { .. }
             | PatchError::ReportRequired { .. }
@@ -152,15 +186,28 @@ impl PatchError {
             ),
             PatchError::Debian(err) => err.is_user_error(),
             PatchError::Alpine(err) => err.is_user_error(),
+            PatchError::Transport(err) => err.is_user_error(),
             _ => false,
         }
     }
 }
 
-/// Patches the image `settings` names and pushes the result, within `settings.timeout`.
+impl From<TransportError> for PatchError {
+    fn from(error: TransportError) -> Self {
+        match error {
+            TransportError::Registry(error) => PatchError::Registry(error),
+            TransportError::Reference(error) => PatchError::Reference(error),
+            other => PatchError::Transport(other),
+        }
+    }
+}
+
+/// Patches the image `settings` names and writes the result, within `settings.timeout`.
 ///
-/// Nothing is pushed unless every step before the push succeeded, and the manifest is
-/// pushed only after every blob it references is in the destination repository.
+/// Nothing is written unless every step before it succeeded, and nothing at all in a dry
+/// run. A manifest is put only after every blob it references is in the destination, an
+/// index only after every manifest it lists, and a layout or archive becomes visible
+/// only at the end.
 pub async fn patch(
     settings: &PatchSettings,
     reporter: &dyn Reporter,
@@ -177,194 +224,104 @@ async fn run(
     settings: &PatchSettings,
     reporter: &dyn Reporter,
 ) -> Result<PatchOutcome, PatchError> {
-    let source = Reference::parse(&settings.image)?;
-    let destination =
-        reference::destination(&source, settings.tag.as_deref(), &settings.tag_suffix)?;
-    let report = settings
+    let source_location = Location::parse(&settings.image)?;
+    let destination_location = destination_location(&source_location, settings)?;
+    let reports = settings
         .report
         .as_deref()
-        .map(|path| Report::from_file(path, settings.scanner))
+        .map(|path| Reports::load(path, settings.scanner))
         .transpose()?;
-    let platform = settings
-        .platform
-        .as_deref()
-        .map(str::parse::<Platform>)
-        .transpose()?;
-    let client = RegistryClient::new(RegistryOptions {
+    let platforms = settings
+        .platforms
+        .iter()
+        .map(|text| text.parse::<Platform>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = Arc::new(RegistryClient::new(RegistryOptions {
         insecure_registries: settings.insecure_registries.clone(),
         ca_files: settings.ca_files.clone(),
         timeout: Some(settings.timeout),
         auth_env: AuthEnv::from_process_env(),
         ..RegistryOptions::default()
-    })?;
+    })?);
 
     reporter.event(Event::Phase(Phase::ResolveImage));
-    let image = client.resolve_image(&source, platform.as_ref()).await?;
-    reporter.event(Event::Phase(Phase::ReadLayers));
-    reporter.event(Event::Planned {
-        transfer: Transfer::Layers,
-        items: image.layers.len(),
-        bytes: image.layers.iter().map(|layer| layer.size).sum(),
-    });
-    let scans = layers::read_layers(&client, &source, &image.layers, reporter).await?;
-    let earlier = earlier_patch(&image, reporter)?;
-    let base_rootfs = earlier
-        .as_ref()
-        .map(|earlier| rootfs::merge_layers(scans[..earlier.layer_index].iter().cloned()));
-    let rootfs = rootfs::merge_layers(scans);
-    let os = OsRelease::from_rootfs(&rootfs).ok_or(PatchError::NoOsRelease)?;
-    if let Some(report) = &report {
-        check_report_os(report, &os)?;
-    }
+    let source = ImageStore::open_source(&source_location, &client)?;
+    let top = source.fetch_manifest(None).await?;
     let work = WorkDir::new(settings.work_dir.as_deref())?;
-    let created = history_time(&image.config_bytes);
-    let result = if os.is_like("alpine") {
-        let Some(report) = &report else {
-            return Err(PatchError::ReportRequired {
-                os: os.display_name(),
-            });
-        };
-        alpine::patch_alpine(
-            &alpine::AlpineInputs {
-                rootfs: &rootfs,
-                report,
-                settings,
-                work_dir: work.path(),
-                platform_arch: image_architecture(&image.config_bytes),
-                created_epoch: created.epoch,
-            },
-            reporter,
-        )
-        .await?
-    } else if os.is_like("debian") {
-        debian::patch_debian(
-            &debian::DebianInputs {
-                rootfs: &rootfs,
-                base_rootfs: base_rootfs.as_ref(),
-                previous: earlier
-                    .as_ref()
-                    .map_or(&[][..], |earlier| &earlier.record.packages),
-                report: report.as_ref(),
-                settings,
-                work_dir: work.path(),
-                platform_arch: image_architecture(&image.config_bytes),
-                created_epoch: created.epoch,
-            },
-            reporter,
-        )
-        .await?
-    } else {
-        return Err(PatchError::UnsupportedOs {
-            os: os.display_name(),
-        });
+    let downloads = debian::SharedDownloads::new(settings, &work.path().join("debs"))?;
+    let context = manifest::PatchContext {
+        settings,
+        source: &source,
+        downloads: &downloads,
+        reporter,
     };
+    let open_destination = || ImageStore::open_destination(&destination_location, &client);
 
-    let mut outcome = PatchOutcome {
-        schema_version: OUTCOME_SCHEMA_VERSION,
-        status: PatchStatus::NothingToPatch,
-        source: source.to_string(),
-        source_digest: image.manifest.digest.to_string(),
-        destination: destination.to_string(),
-        manifest_digest: None,
-        layer_digest: None,
-        os: os.display_name(),
-        distro: Distro {
-            id: os.id.clone(),
-            version_id: os.version_id.clone(),
-        },
-        architecture: image_architecture(&image.config_bytes),
-        report_format: report
-            .as_ref()
-            .and_then(|report| report.format)
-            .map_or("", ReportFormat::name)
-            .to_owned(),
-        updates: result.updates,
-        skipped: result.skipped,
-        failed: result.failed,
-        scripts_not_run: result.scripts_not_run,
-        warnings: result.warnings,
-    };
-    if let Some(report) = &report {
-        add_unfixable(&mut outcome, report);
+    if index::is_index(&top.media_type) {
+        return index::patch_index(
+            &context,
+            &open_destination,
+            &top,
+            reports.as_ref(),
+            &platforms,
+            work.path(),
+            (&source_location, &destination_location),
+        )
+        .await;
     }
-    if settings.dry_run && !outcome.updates.is_empty() {
-        outcome.status = PatchStatus::Planned;
-    }
-    let Some(layer) = result.layer else {
+
+    let job = context
+        .patch_manifest(&top, None, reports.as_ref(), &work.path().join("image"))
+        .await?;
+    let mut outcome = job.outcome(settings, &source_location, &destination_location);
+    let Some(patched) = &job.patched else {
         return Ok(outcome);
     };
-    // The new layer replaces the earlier patch layer: the image to extend is the one
-    // without it.
-    let image = match &earlier {
-        Some(earlier) => without_top_layer(&image, earlier)?,
-        None => image,
-    };
-
-    let record = PatchRecord {
-        diff_id: layer.diff_id.clone(),
-        packages: outcome
-            .updates
-            .iter()
-            .map(|u| PatchedPackage {
-                name: u.name.clone(),
-                from_version: u.installed_version.clone().unwrap_or_default(),
-                to_version: u.new_version.clone(),
-            })
-            .collect(),
-    };
-    let history = HistoryEntry {
-        created: created.rfc3339,
-        created_by: format!(
-            "layermend patch: {} package(s) updated without running maintainer scripts",
-            outcome.updates.len()
-        ),
-        comment: outcome
-            .updates
-            .iter()
-            .map(|u| format!("{} {}", u.name, u.new_version))
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
-    let config = image::append_layer_to_config(
-        &image.config_bytes,
-        &layer.diff_id,
-        &history,
-        &[(PATCH_LABEL.to_owned(), record.to_label_value())],
-    )?;
-    let config_digest = Digest::of(&config);
-    let manifest = image::append_layer_to_manifest(
-        &image.manifest.bytes,
-        (&layer.digest, layer.size),
-        (&config_digest, config.len() as u64),
-        &[],
-    )?;
-
     reporter.event(Event::Phase(Phase::Push));
-    // The source layers count too: they are mounted or copied when the destination is
-    // another repository, and only checked for when it is the same one.
-    reporter.event(Event::Planned {
-        transfer: Transfer::Push,
-        items: image.layers.len() + 2,
-        bytes: image.layers.iter().map(|l| l.size).sum::<u64>() + layer.size + config.len() as u64,
-    });
-    push::push_image(
-        &client,
-        &source,
-        &destination,
-        &image,
-        &layer,
-        &config,
-        work.path(),
-        reporter,
-    )
-    .await?;
-    let digest = client
-        .push_manifest(&destination, &manifest, &image.manifest.media_type)
+    let destination = open_destination()?;
+    let put = context
+        .write_patched(&destination, &job.image, patched, true)
         .await?;
+    if put.converted {
+        let warning = converted_warning(&destination_location);
+        reporter.event(Event::Warning(warning.clone()));
+        outcome.warnings.push(warning);
+    }
+    destination.commit()?;
     outcome.status = PatchStatus::Patched;
-    outcome.manifest_digest = Some(digest.to_string());
-    outcome.layer_digest = Some(layer.digest.to_string());
+    outcome.manifest_digest = Some(put.digest.to_string());
     Ok(outcome)
+}
+
+/// The warning for a Docker-typed manifest written into a layout or archive.
+fn converted_warning(destination: &Location) -> String {
+    format!(
+        "converted Docker media types to OCI ones for {destination}, because OCI image \
+         layouts hold OCI manifests; the manifest digest differs from a registry copy"
+    )
+}
+
+/// The destination: `--oci-dir`, else `-t` or the name derived from the source.
+fn destination_location(
+    source: &Location,
+    settings: &PatchSettings,
+) -> Result<Location, PatchError> {
+    let derived = source.destination(settings.tag.as_deref(), &settings.tag_suffix)?;
+    let Some(dir) = &settings.oci_dir else {
+        return Ok(derived);
+    };
+    let tag = match &derived {
+        Location::Registry(reference) => reference.tag.clone(),
+        Location::OciLayout { tag, .. } => tag.clone(),
+        Location::DockerArchive { reference, .. } => reference
+            .as_deref()
+            .and_then(|text| Reference::parse(text).ok())
+            .and_then(|reference| reference.tag),
+    };
+    Ok(Location::OciLayout {
+        dir: dir.clone(),
+        tag,
+    })
 }
 
 /// An earlier layermend patch layer at the top of the image.
@@ -374,18 +331,19 @@ struct EarlierPatch {
     layer_index: usize,
 }
 
-/// Finds the layermend patch record of the image. Only a patch layer that is still the
-/// top layer is replaced; a record whose layer is gone or has layers above it gives a
-/// warning, and the new layer is added on top.
+/// Finds the layermend patch record in an image config. Only a patch layer that is
+/// still the top layer is replaced; a record whose layer is gone or has layers above it
+/// gives a warning, and the new layer is added on top.
 fn earlier_patch(
-    image: &ResolvedImage,
+    config: &[u8],
+    layer_count: usize,
     reporter: &dyn Reporter,
 ) -> Result<Option<EarlierPatch>, PatchError> {
-    let Some(found) = image::read_patch_record(&image.config_bytes)? else {
+    let Some(found) = image::read_patch_record(config)? else {
         return Ok(None);
     };
     match found.layer_index {
-        Some(index) if index + 1 == image.layers.len() && index > 0 => {
+        Some(index) if index + 1 == layer_count && index > 0 => {
             tracing::debug!(
                 layer = index,
                 packages = found.record.packages.len(),
@@ -403,42 +361,6 @@ fn earlier_patch(
                 found.record.diff_id
             )));
             Ok(None)
-        }
-    }
-}
-
-/// Returns the image without its top layer: manifest, config (diff_id, history entry,
-/// patch label) and layer list.
-fn without_top_layer(
-    image: &ResolvedImage,
-    earlier: &EarlierPatch,
-) -> Result<ResolvedImage, PatchError> {
-    let config = image::remove_top_layer_from_config(
-        &image.config_bytes,
-        &earlier.record.diff_id,
-        &[PATCH_LABEL.to_owned()],
-    )?;
-    let manifest = image::remove_top_layer_from_manifest(&image.manifest.bytes)?;
-    let mut base = image.clone();
-    base.config_bytes = config;
-    base.manifest.bytes = manifest.into();
-    base.layers.truncate(earlier.layer_index);
-    Ok(base)
-}
-
-/// Lists the reported packages whose vulnerabilities have no fixed version as skipped,
-/// so a run with nothing fixable says why.
-fn add_unfixable(outcome: &mut PatchOutcome, report: &Report) {
-    for vulnerability in &report.unfixable {
-        let name = &vulnerability.package;
-        let known = outcome.updates.iter().any(|u| &u.name == name)
-            || outcome.skipped.iter().any(|s| &s.name == name)
-            || outcome.failed.iter().any(|f| &f.name == name);
-        if !known {
-            outcome.skipped.push(SkippedPackage {
-                name: name.clone(),
-                reason: "the report names no fixed version".to_owned(),
-            });
         }
     }
 }

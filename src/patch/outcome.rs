@@ -93,4 +93,20 @@ pub struct PatchOutcome {
     pub failed: Vec<FailedPackage>,
     pub scripts_not_run: Vec<ScriptsNotRun>,
     pub warnings: Vec<String>,
+    /// One entry per patched platform of an index; empty for a single manifest.
+    pub platforms: Vec<PlatformOutcome>,
+}
+
+/// What happened to one platform of an index.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformOutcome {
+    /// `os/architecture[/variant]`.
+    pub platform: String,
+    /// The platform's source manifest digest.
+    pub source_digest: String,
+    /// The platform's new manifest digest; `None` when it needed no patch.
+    pub manifest_digest: Option<String>,
+    pub layer_digest: Option<String>,
+    /// The number of packages updated for this platform.
+    pub updates: usize,
 }

@@ -606,7 +606,11 @@ pub fn layermend_with_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Ou
     let args: Vec<String> = args.iter().map(|arg| arg.as_ref().to_owned()).collect();
     // An empty DOCKER_CONFIG keeps the host's registry credentials out of the tests.
     let docker_config = tempfile::tempdir().expect("create DOCKER_CONFIG directory");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_layermend"));
+    // LAYERMEND_BIN names another build of the binary, for a target directory that
+    // several checkouts share and where the last build's binary wins the common path.
+    let binary =
+        std::env::var_os("LAYERMEND_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_layermend").into());
+    let mut command = Command::new(binary);
     command
         .args(&args)
         .env("DOCKER_CONFIG", docker_config.path())
