@@ -134,8 +134,8 @@ pub struct PatchArgs {
     #[arg(short, long, value_name = "TAG", conflicts_with = "config")]
     pub tag: Option<String>,
 
-    /// Write the patched image as an OCI image layout in DIR, tagged as `-t` or the
-    /// derived tag says, in place of the destination.
+    /// Write the patched image as an OCI image layout in DIR, tagged with `-t` or else the
+    /// derived tag, in place of the destination.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["push", "config"])]
     pub oci_dir: Option<PathBuf>,
 

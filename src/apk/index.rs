@@ -83,12 +83,12 @@ impl Keys {
     }
 }
 
-/// How the index signature was checked.
+/// The result of checking the index signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
     /// Verified with the named key.
     Verified { key: String },
-    /// Not verified, and the caller allowed it; the reason says why.
+    /// Not verified, and the caller allowed it; the reason explains why.
     Untrusted { reason: String },
 }
 

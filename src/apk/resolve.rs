@@ -34,14 +34,14 @@ pub enum ResolveError {
     },
 }
 
-/// A package the report asks to update; `fixed` is `None` for "the newest".
+/// A package the report requests an update of; `fixed` is `None` for "the newest".
 #[derive(Debug, Clone)]
 pub struct Request {
     pub name: String,
     pub fixed: Option<String>,
 }
 
-/// Why a request needs no install.
+/// The reason a request needs no install.
 #[derive(Debug, Clone)]
 pub enum SkipReason {
     AlreadyFixed { installed: String },

@@ -20,7 +20,7 @@ use crate::layer::{LayerBuilder, LayerError};
 use crate::report::Report;
 use crate::rootfs::RootfsIndex;
 
-/// What the Alpine patch reads.
+/// The inputs of the Alpine patch.
 pub struct AlpineInputs<'a> {
     pub rootfs: &'a RootfsIndex,
     pub report: &'a Report,
@@ -85,7 +85,7 @@ pub enum AlpineError {
 }
 
 impl AlpineError {
-    /// Whether the error comes from the user's input rather than a failure.
+    /// Tells whether the error comes from the user's input rather than a failure.
     pub fn is_user_error(&self) -> bool {
         matches!(
             self,
@@ -94,7 +94,7 @@ impl AlpineError {
     }
 }
 
-/// Resolves, downloads and unpacks the updates the report asks for into one layer.
+/// Resolves, downloads and unpacks the updates the report requests into one layer.
 pub async fn patch_alpine(
     inputs: &AlpineInputs<'_>,
     reporter: &dyn Reporter,

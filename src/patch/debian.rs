@@ -30,7 +30,7 @@ use crate::rootfs::{FileKind, RootfsIndex};
 /// Package downloads at the same time.
 const PARALLEL_DOWNLOADS: usize = 4;
 
-/// What the Debian patch reads.
+/// The inputs of the Debian patch.
 pub struct DebianInputs<'a> {
     pub rootfs: &'a RootfsIndex,
     /// The image without its earlier layermend patch layer, when it has one: the new
@@ -56,7 +56,7 @@ pub struct SharedDownloads {
     fetcher: Fetcher,
     dir: PathBuf,
     files: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<PathBuf>>>>,
-    /// One decompression per core, since each xz decoder holds its dictionary (8 MiB for
+    /// One decompression per core, because each xz decoder keeps its dictionary (8 MiB for
     /// Debian's packages) in memory.
     decompressions: tokio::sync::Semaphore,
 }
@@ -113,7 +113,7 @@ impl SharedDownloads {
     }
 }
 
-/// What the Debian patch produced; `layer` is `None` when there is nothing to patch.
+/// The outcome of the Debian patch; `layer` is `None` when there is nothing to patch.
 pub struct DebianResult {
     pub layer: Option<BuiltLayer>,
     pub updates: Vec<PackageUpdate>,
@@ -185,7 +185,7 @@ pub enum DebianError {
 }
 
 impl DebianError {
-    /// Whether the error comes from the user's input rather than a failure.
+    /// Tells whether the error comes from the user's input rather than a failure.
     pub fn is_user_error(&self) -> bool {
         matches!(
             self,
@@ -198,7 +198,7 @@ impl DebianError {
     }
 }
 
-/// Resolves, downloads and unpacks the updates the report asks for, or every available
+/// Resolves, downloads and unpacks the updates the report requests, or every available
 /// upgrade without a report, into one layer.
 ///
 /// With `base_rootfs`, the layer replaces the earlier patch layer: when the current image
@@ -438,7 +438,7 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), DebianError> {
 
 /// The repositories' packages, parsed only as far as the image needs them.
 ///
-/// A full index of a Debian suite holds about 63,000 packages, while an image's
+/// A full index of a Debian suite contains about 63,000 packages, while an image's
 /// dependency closure is usually a few hundred. The index starts with the packages the
 /// image has or the report names and grows by the names of any dependency the resolver
 /// could not satisfy, so memory is bounded by the image rather than by the archive.
@@ -515,7 +515,7 @@ impl GrowingIndex {
     }
 }
 
-/// The package names in the dependency an unsatisfiable-dependency error names.
+/// Returns the package names in the dependency an unsatisfiable-dependency error names.
 fn unsatisfied_names(error: &ResolveError) -> Vec<String> {
     let ResolveError::Unsatisfiable { dependency, .. } = error else {
         return Vec::new();
@@ -657,7 +657,7 @@ fn merge_previous(
     requests
 }
 
-/// The image's native dpkg architecture: `var/lib/dpkg/arch`'s first line, else the
+/// Returns the image's native dpkg architecture: `var/lib/dpkg/arch`'s first line, else the
 /// architecture of `dpkg` or `base-files`, else the image config's.
 fn native_arch(rootfs: &RootfsIndex, store: &StatusStore, platform: Option<&str>) -> String {
     if let Some(first) = rootfs

@@ -391,25 +391,6 @@ pub fn parse_descriptor(
     manifest: &FetchedManifest,
     what: &str,
 ) -> Result<Descriptor, PatchError> {
-    let invalid = |reason: &str| invalid(manifest, format!("{what} descriptor {reason}"));
-    let digest = value
-        .get("digest")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("has no digest"))?
-        .parse()
-        .map_err(|error| invalid(&format!("has an invalid digest: {error}")))?;
-    let size = value
-        .get("size")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| invalid("has no valid size"))?;
-    let media_type = value
-        .get("mediaType")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    Ok(Descriptor {
-        digest,
-        size,
-        media_type,
-    })
+    Descriptor::from_json(value)
+        .map_err(|reason| invalid(manifest, format!("{what} descriptor {reason}")))
 }

@@ -70,7 +70,7 @@ pub struct PatchSettings {
     pub repo_mirrors: Vec<MirrorRewrite>,
     /// Accept apk indexes with a missing, bad or untrusted signature.
     pub allow_untrusted_repo: bool,
-    /// Where downloads and the new layer go; `None` for a temporary directory.
+    /// The directory for downloads and the new layer; `None` for a temporary directory.
     pub work_dir: Option<PathBuf>,
     /// One-line apt sources (`deb [signed-by=FILE] URI SUITE COMPONENT…`) used instead of
     /// the image's; `signed-by` files are read on the host.
@@ -79,7 +79,7 @@ pub struct PatchSettings {
     pub keyrings: Vec<PathBuf>,
 }
 
-/// A patch that failed; [`PatchError::is_user_error`] tells bad input from failures.
+/// A patch that failed. [`PatchError::is_user_error`] separates bad input from failures.
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
     #[error(transparent)]
@@ -163,7 +163,7 @@ pub enum PatchError {
 }
 
 impl PatchError {
-    /// Whether the error comes from the user's input (flags, reference, report) rather
+    /// Tells whether the error comes from the user's input (flags, reference, report) rather
     /// than from a failure while reading or writing.
     pub fn is_user_error(&self) -> bool {
         match self {
@@ -420,7 +420,7 @@ fn history_time(config: &[u8]) -> HistoryTime {
     }
 }
 
-/// The image's `architecture` in OCI terms (`amd64`), from its config.
+/// Returns the image's `architecture` in OCI terms (`amd64`), from its config.
 fn image_architecture(config: &[u8]) -> Option<String> {
     serde_json::from_slice::<serde_json::Value>(config)
         .ok()?

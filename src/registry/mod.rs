@@ -692,28 +692,42 @@ fn parse_descriptor(
     reference: &Reference,
     what: &str,
 ) -> Result<Descriptor, RegistryError> {
-    let invalid =
-        |reason: &str| invalid_manifest(reference, &format!("{what} descriptor {reason}"));
-    let digest = value
-        .get("digest")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("has no digest"))?
-        .parse()
-        .map_err(|error| invalid(&format!("has an invalid digest: {error}")))?;
-    let size = value
-        .get("size")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| invalid("has no valid size"))?;
-    let media_type = value
-        .get("mediaType")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("has no mediaType"))?
-        .to_owned();
-    Ok(Descriptor {
-        digest,
-        size,
-        media_type,
-    })
+    let descriptor = Descriptor::from_json(value)
+        .map_err(|reason| invalid_manifest(reference, &format!("{what} descriptor {reason}")))?;
+    if descriptor.media_type.is_empty() {
+        return Err(invalid_manifest(
+            reference,
+            &format!("{what} descriptor has no mediaType"),
+        ));
+    }
+    Ok(descriptor)
+}
+
+impl Descriptor {
+    /// Parses the `digest`, `size` and `mediaType` of a JSON content descriptor; a missing
+    /// `mediaType` is left empty. The error completes "descriptor …", as in "has no digest".
+    pub fn from_json(value: &Value) -> Result<Descriptor, String> {
+        let digest = value
+            .get("digest")
+            .and_then(Value::as_str)
+            .ok_or("has no digest")?
+            .parse()
+            .map_err(|error| format!("has an invalid digest: {error}"))?;
+        let size = value
+            .get("size")
+            .and_then(Value::as_u64)
+            .ok_or("has no valid size")?;
+        let media_type = value
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Descriptor {
+            digest,
+            size,
+            media_type,
+        })
+    }
 }
 
 /// Reads a PEM file and returns each certificate in it separately, because oci-client

@@ -39,7 +39,7 @@ impl Compression {
     }
 }
 
-/// Which files a scan keeps: content for `capture`, an MD5 for `hash`.
+/// The choice of files a scan keeps: content for `capture`, an MD5 for `hash`.
 #[derive(Debug, Clone, Default)]
 pub struct Selector {
     /// Exact paths whose content is kept.
@@ -101,7 +101,7 @@ pub enum ScanError {
     UnsafePath { path: String },
 }
 
-/// What one layer contributes: its entries, whiteouts and opaque directories.
+/// The contribution of one layer: its entries, whiteouts and opaque directories.
 #[derive(Debug, Default, Clone)]
 pub struct LayerScan {
     entries: Vec<(String, FileInfo, Option<Vec<u8>>)>,
@@ -110,7 +110,7 @@ pub struct LayerScan {
 }
 
 impl LayerScan {
-    /// The number of entries other than whiteouts.
+    /// Returns the number of entries other than whiteouts.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -121,7 +121,7 @@ impl LayerScan {
 }
 
 /// Scans one layer blob: decompresses it, walks the tar entries and keeps what `selector`
-/// asks for. The underlying reader is drained to its end, past tar's end-of-archive
+/// selects. The underlying reader is drained to its end, past tar's end-of-archive
 /// marker, so a digest-checking reader sees every byte.
 pub fn scan_layer<R: Read>(
     blob: R,

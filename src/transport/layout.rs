@@ -21,7 +21,7 @@ pub(super) const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// The annotation with the full image name that docker and containerd write.
 pub(super) const IMAGE_NAME: &str = "io.containerd.image.name";
 
-/// What happens to a written layout at [`Layout::commit`].
+/// The action [`Layout::commit`] takes on a written layout.
 #[derive(Debug)]
 pub(super) enum Finish {
     /// Nothing: the layout is only read.
@@ -89,7 +89,7 @@ impl Layout {
         })
     }
 
-    /// Opens `dir` for writing: in place when it holds a layout, else as a staging
+    /// Opens `dir` for writing: in place when it contains a layout, else as a staging
     /// directory beside it that [`Self::commit`] renames onto `dir`.
     pub fn create(dir: &Path, tag: Option<String>) -> Result<Self, TransportError> {
         if dir.join("index.json").exists() {
@@ -312,7 +312,7 @@ impl Layout {
             .unwrap_or_default()
     }
 
-    /// Writes `index.json` through a rename, then finishes as [`Finish`] says.
+    /// Writes `index.json` through a rename, then finishes as [`Finish`] specifies.
     pub fn commit(mut self) -> Result<(), TransportError> {
         let index = self
             .index

@@ -98,7 +98,7 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    /// Whether the error comes from the user's input rather than a failed read or write.
+    /// Tells whether the error comes from the user's input rather than a failed read or write.
     pub fn is_user_error(&self) -> bool {
         matches!(
             self,
@@ -165,7 +165,7 @@ impl Location {
         Ok(Location::Registry(Reference::parse(input)?))
     }
 
-    /// Whether the text starts with a transport prefix this module knows.
+    /// Whether the text starts with a transport prefix this module supports.
     pub fn has_transport_prefix(input: &str) -> bool {
         [DOCKER_PREFIX, OCI_PREFIX, ARCHIVE_PREFIX]
             .iter()
