@@ -5,7 +5,7 @@ mod bulk;
 mod cli;
 mod printer;
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -57,6 +57,12 @@ async fn shutdown_signal() -> &'static str {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    // clap checks `conflicts_with` only among flags given at the same level, so
+    // `-q patch -v` gets through it.
+    if cli.quiet && cli.verbose > 0 {
+        eprintln!("error: --quiet and --verbose cannot be used together; pick one");
+        return ExitCode::from(EXIT_USER_ERROR);
+    }
     let code = match cli.command {
         Command::Completions { shell } => {
             let mut command = Cli::command();
@@ -129,6 +135,8 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .with_target(false)
+        // Colour codes only on a terminal, so logs redirected to a file stay plain text.
+        .with_ansi(io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
 }
 
@@ -162,12 +170,19 @@ async fn run_patch(args: PatchArgs, quiet: bool) -> u8 {
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(err) => {
-            eprintln!("error: {}", printer::error_chain(&err));
-            return if err.is_user_error() {
+            let message = printer::error_chain(&err);
+            eprintln!("error: {message}");
+            let code = if err.is_user_error() {
                 EXIT_USER_ERROR
             } else {
                 EXIT_FAILURE
             };
+            if format == OutputFormat::Json {
+                // Scripts that read stdout get a document on failure too.
+                let failure = printer::Failure::new(&settings.image, message, code);
+                let _ = printer::write_json(&mut io::stdout().lock(), &failure);
+            }
+            return code;
         }
     };
 

@@ -250,3 +250,26 @@ pub fn error_chain(err: &dyn Error) -> String {
     }
     text
 }
+
+/// The JSON document printed on stdout when a patch fails, in the same layout version as
+/// a successful result.
+#[derive(Debug, serde::Serialize)]
+pub struct Failure<'a> {
+    pub schema_version: u32,
+    pub status: &'static str,
+    pub source: &'a str,
+    pub error: String,
+    pub exit_code: u8,
+}
+
+impl<'a> Failure<'a> {
+    pub fn new(source: &'a str, error: String, exit_code: u8) -> Self {
+        Failure {
+            schema_version: layermend::patch::OUTCOME_SCHEMA_VERSION,
+            status: "failed",
+            source,
+            error,
+            exit_code,
+        }
+    }
+}

@@ -422,6 +422,38 @@ fn vex_not_written_when_nothing_fixed() {
     assert!(outcome.stderr.contains("no VEX document"), "{outcome}");
 }
 
+#[test]
+fn json_failure_document_names_field() {
+    let registry = registry_with_fixture(&[SOURCE_TAG]);
+    let source = registry.image(&format!("{REPOSITORY}:{SOURCE_TAG}"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = trivy_report();
+    report["Results"][0]["Vulnerabilities"][0]["FixedVersion"] = json!(7);
+    let report = write_json(dir.path(), "typed.json", &report);
+    let outcome = layermend(&[
+        "patch",
+        "-i",
+        &source,
+        "-r",
+        path_str(&report),
+        "--output-format",
+        "json",
+    ]);
+    assert_eq!(outcome.code, 2, "{outcome}");
+    let document = parse_stdout(&outcome);
+    assert_eq!(document["status"], "failed", "{outcome}");
+    assert_eq!(document["exit_code"], 2, "{outcome}");
+    let error = document["error"].as_str().unwrap();
+    assert!(
+        error.contains("Results[0].Vulnerabilities[0].FixedVersion"),
+        "{error}"
+    );
+    assert!(
+        outcome.stderr.contains(error.lines().next().unwrap()),
+        "{outcome}"
+    );
+}
+
 // --- dry runs and report formats ---------------------------------------------------------
 
 #[test]

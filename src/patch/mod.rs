@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::deb::repo::MirrorRewrite;
 use crate::image::{self, ImageError, PatchRecord};
 use crate::osrelease::OsRelease;
-use crate::reference::{Reference, ReferenceError};
+use crate::reference::{self, Reference, ReferenceError};
 use crate::registry::auth::AuthEnv;
 use crate::registry::{InvalidPlatform, Platform, RegistryClient, RegistryError, RegistryOptions};
 use crate::report::{Report, ReportError, ReportFormat};
@@ -307,6 +307,21 @@ fn destination_location(
     settings: &PatchSettings,
 ) -> Result<Location, PatchError> {
     let derived = source.destination(settings.tag.as_deref(), &settings.tag_suffix)?;
+    if let (Location::Registry(from), Location::Registry(to), Some(tag)) =
+        (source, &derived, settings.tag.as_deref())
+        && from.registry != to.registry
+        && to.registry == reference::DOCKER_HUB
+        && !tag.contains(reference::DOCKER_HUB)
+    {
+        // A name without a host means Docker Hub, as in docker and skopeo. A user who
+        // patches an image of a private registry rarely expects a push there.
+        tracing::warn!(
+            "destination {tag} has no registry host, so it goes to {}; write {}/{tag} to \
+             push next to the source",
+            reference::DOCKER_HUB,
+            from.registry
+        );
+    }
     let Some(dir) = &settings.oci_dir else {
         return Ok(derived);
     };

@@ -56,12 +56,11 @@ struct UpdatePackage {
 
 /// Parses a copa scanner-plugin document already read as JSON.
 pub fn parse(value: &Value, path: &Path) -> Result<Report, ReportError> {
-    let manifest: UpdateManifest =
-        serde_json::from_value(value.clone()).map_err(|err| ReportError::Invalid {
-            path: path.to_owned(),
-            format: ReportFormat::Native,
-            reason: format!("unexpected field shape: {err}"),
-        })?;
+    let manifest: UpdateManifest = super::decode(value).map_err(|err| ReportError::Invalid {
+        path: path.to_owned(),
+        format: ReportFormat::Native,
+        reason: format!("unexpected field shape at {err}"),
+    })?;
     let (os_updates, lang_updates) = match manifest.api_version.as_str() {
         "v1alpha1" => (manifest.updates, None),
         "v1alpha2" => (manifest.osupdates, manifest.langupdates),

@@ -88,8 +88,8 @@ pub fn parse(value: &Value, path: &Path) -> Result<Report, ReportError> {
     if value.get("matches").is_none() {
         return Err(invalid("it has no `matches` array".to_owned()));
     }
-    let report: GrypeReport = serde_json::from_value(value.clone())
-        .map_err(|err| invalid(format!("unexpected field shape: {err}")))?;
+    let report: GrypeReport =
+        super::decode(value).map_err(|err| invalid(format!("unexpected field shape at {err}")))?;
 
     let mut out = Report {
         // `source.target` is an object with `userInput` for images, a plain string for

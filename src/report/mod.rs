@@ -283,6 +283,21 @@ fn purl_qualifier(purl: &str, key: &str) -> Option<String> {
     })
 }
 
+/// Decodes `value` into `T`; the error names the JSON path of the offending field, such
+/// as `Results[0].Vulnerabilities[3].FixedVersion: invalid type: integer, expected a
+/// string`.
+pub(crate) fn decode<'a, T: serde::Deserialize<'a>>(value: &'a Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." {
+            format!("the top level: {inner}")
+        } else {
+            format!("{path}: {inner}")
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,8 +128,8 @@ pub fn parse(value: &Value, path: &Path) -> Result<Report, ReportError> {
             "it lacks `SchemaVersion` or all of `Results`, `ArtifactName` and `Metadata`",
         ));
     }
-    let report: TrivyReport = serde_json::from_value(value.clone())
-        .map_err(|err| invalid(&format!("unexpected field shape: {err}")))?;
+    let report: TrivyReport =
+        super::decode(value).map_err(|err| invalid(&format!("unexpected field shape at {err}")))?;
     match report.schema_version {
         Some(2) => {}
         Some(version) => {
@@ -159,12 +159,11 @@ pub fn parse(value: &Value, path: &Path) -> Result<Report, ReportError> {
 /// family in each result's `Type` and its version only in the target text, as in
 /// `debian:11 (debian 11.3)`.
 fn parse_legacy(value: &Value, path: &Path) -> Result<Report, ReportError> {
-    let results: Vec<TrivyResult> =
-        serde_json::from_value(value.clone()).map_err(|err| ReportError::Invalid {
-            path: path.to_owned(),
-            format: ReportFormat::Trivy,
-            reason: format!("unexpected field shape in the array of results: {err}"),
-        })?;
+    let results: Vec<TrivyResult> = super::decode(value).map_err(|err| ReportError::Invalid {
+        path: path.to_owned(),
+        format: ReportFormat::Trivy,
+        reason: format!("unexpected field shape in the array of results at {err}"),
+    })?;
     let mut out = Report::default();
     for mut result in results {
         if result.class.is_none()
