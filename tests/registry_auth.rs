@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::auth::{
-    AuthRegistry, Grant, RegistryAuth, TOKEN_SERVICE, TestPki, TokenPolicy, TokenServer,
-    free_port,
+    AuthRegistry, Grant, RegistryAuth, TOKEN_SERVICE, TestPki, TokenPolicy, TokenServer, free_port,
 };
 use layermend::digest::Digest;
 use layermend::image::{OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST};
 use layermend::reference::Reference;
 use layermend::registry::auth::AuthEnv;
-use layermend::registry::{BlobCopy, BlobPush, Platform, RegistryClient, RegistryError, RegistryOptions};
+use layermend::registry::{
+    BlobCopy, BlobPush, Platform, RegistryClient, RegistryError, RegistryOptions,
+};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "correct-horse";
@@ -59,8 +60,8 @@ fn docker_config_env(dir: &Path, config: &str, bin: Option<&Path>) -> AuthEnv {
     }
 }
 
-/// Writes an executable `docker-credential-test` into `dir/bin` that logs each server it
-/// is asked for to `dir/helper.log` and prints `username` and `secret`.
+/// Writes an executable `docker-credential-test` into `dir/bin` that appends each requested
+/// server to `dir/helper.log` and prints `username` and `secret`.
 fn credential_helper(dir: &Path, username: &str, secret: &str) -> PathBuf {
     let bin = dir.join("bin");
     fs_err::create_dir_all(&bin).unwrap();
@@ -190,7 +191,9 @@ async fn tls_registry_with_htpasswd() {
         vec![pki.ca_cert()],
     );
     let rejected = reference(&registry.host(), "secure/app:rejected");
-    let error = push_image(&wrong, &rejected, work.path()).await.unwrap_err();
+    let error = push_image(&wrong, &rejected, work.path())
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, RegistryError::Unauthorized { .. }),
         "{error:?}"
@@ -241,7 +244,9 @@ async fn credential_helper_and_auth_json() {
     fs_err::create_dir_all(runtime.join("containers")).unwrap();
     fs_err::write(
         runtime.join("containers/auth.json"),
-        format!(r#"{{"auths":{{"{host}/helper/app":{{"username":"{USER}","password":"{PASSWORD}"}}}}}}"#),
+        format!(
+            r#"{{"auths":{{"{host}/helper/app":{{"username":"{USER}","password":"{PASSWORD}"}}}}}}"#
+        ),
     )
     .unwrap();
     let auth_json_client = client(
@@ -323,7 +328,7 @@ async fn bearer_push_pull_and_copy() {
     let layer_digest = round_trip(&client, &source, work.path()).await;
 
     // The token for the target repository does not cover the source, so distribution
-    // refuses the mount and the blob is copied.
+    // rejects the mount and the blob is copied.
     let copy_target = reference(&registry.host(), "other/app:v1");
     let size = layer_bytes().len() as u64;
     let copied = client
@@ -425,7 +430,8 @@ async fn identity_token_exchanged() {
     let work = tempfile::tempdir().unwrap();
 
     // `docker login` against an OAuth2 token server stores an identitytoken.
-    let config = format!(r#"{{"auths":{{"{host}":{{"auth":"","identitytoken":"{REFRESH_TOKEN}"}}}}}}"#);
+    let config =
+        format!(r#"{{"auths":{{"{host}":{{"auth":"","identitytoken":"{REFRESH_TOKEN}"}}}}}}"#);
     let from_config = client(docker_config_env(work.path(), &config, None), Vec::new());
     let target = reference(&host, "oauth/app:v1");
     round_trip(&from_config, &target, work.path()).await;
@@ -594,8 +600,10 @@ fn cli_patch_over_tls() {
         "--ca-file",
         ca.to_str().unwrap(),
     ];
-    let outcome =
-        common::layermend_with_env(&args, &[("REGISTRY_AUTH_FILE", auth_file.to_str().unwrap())]);
+    let outcome = common::layermend_with_env(
+        &args,
+        &[("REGISTRY_AUTH_FILE", auth_file.to_str().unwrap())],
+    );
     assert_eq!(outcome.code, 0, "{outcome}\n{}", registry.log());
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -625,9 +633,8 @@ fn cli_patch_over_tls() {
     assert_eq!(outcome.code, 2, "{outcome}");
     assert!(outcome.stderr.contains(&registry.host()), "{outcome}");
     assert!(outcome.stderr.contains("docker login"), "{outcome}");
-    let missing = runtime.block_on(
-        client.fetch_manifest(&reference(&registry.host(), "debian:bookworm-wrong")),
-    );
+    let missing = runtime
+        .block_on(client.fetch_manifest(&reference(&registry.host(), "debian:bookworm-wrong")));
     assert!(
         matches!(missing, Err(RegistryError::NotFound { .. })),
         "{missing:?}"

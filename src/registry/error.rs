@@ -373,7 +373,7 @@ fn has_rustls_source(error: &reqwest::Error) -> bool {
     find_rustls_error(error).is_some()
 }
 
-/// Checks whether a TLS handshake failed because the server answered in plain HTTP: its
+/// Checks whether a TLS handshake failed because the server replied in plain HTTP. The
 /// reply starts with `HTTP/`, which rustls reads as a record of an invalid content type.
 pub(crate) fn is_plain_http_reply(error: &reqwest::Error) -> bool {
     matches!(
@@ -387,7 +387,9 @@ pub(crate) fn is_plain_http_reply(error: &reqwest::Error) -> bool {
 /// Finds a rustls error in the cause chain. hyper-util wraps it in an `io::Error` inside
 /// another `io::Error`, and `io::Error::source` skips such a wrapped error, so each
 /// `io::Error` is unwrapped with `get_ref`.
-fn find_rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+fn find_rustls_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
     if let Some(found) = error.downcast_ref::<rustls::Error>() {
         return Some(found);
     }

@@ -8,8 +8,8 @@
 //! a host is `GET /v2/` over HTTPS, trusting the platform's roots plus
 //! [`RegistryOptions::ca_files`]. Loopback hosts (`localhost`, `127.0.0.0/8`, `[::1]`) and
 //! hosts in [`RegistryOptions::insecure_registries`] fall back to plain HTTP when the server
-//! answers the TLS handshake in plain HTTP; a host in [`RegistryOptions::tls_registries`]
-//! never does. Any other handshake failure, such as an untrusted certificate, is an error.
+//! replies to the TLS handshake in plain HTTP. A host in [`RegistryOptions::tls_registries`]
+//! never falls back. Any other handshake failure, such as an untrusted certificate, is an error.
 //!
 //! Authentication follows the challenge of that first `GET /v2/`: basic credentials go to
 //! oci-client as they are, and for a bearer challenge this module gets a token per
@@ -30,9 +30,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Client;
+use oci_client::RegistryOperation;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
-use oci_client::RegistryOperation;
 use oci_client::secrets::RegistryAuth;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
@@ -66,7 +66,7 @@ pub const MAX_CONFIG_SIZE: u64 = 4 * 1024 * 1024;
 #[derive(Clone, Debug, Default)]
 pub struct RegistryOptions {
     /// Hosts (with port, as written in references) that may be reached over plain HTTP
-    /// when they answer the TLS handshake in plain HTTP, as loopback hosts may.
+    /// when they reply to the TLS handshake in plain HTTP, as loopback hosts may.
     pub insecure_registries: Vec<String>,
     /// Hosts, loopback ones included, reached over HTTPS only.
     pub tls_registries: Vec<String>,
@@ -140,7 +140,8 @@ pub struct RegistryClient {
     tokens: TokenCache,
 }
 
-/// What the first `GET /v2/` to a registry host found, and the credential for the host.
+/// The transport and auth challenge found by the first `GET /v2/` to a registry host, and
+/// the host's credential.
 struct Host {
     tls: bool,
     challenge: Challenge,
@@ -163,7 +164,7 @@ impl Access {
         }
     }
 
-    /// The oci-client operations a token for this access serves.
+    /// Lists the oci-client operations that a token for this access covers.
     fn operations(self) -> &'static [RegistryOperation] {
         match self {
             Access::Pull => &[RegistryOperation::Pull],
@@ -191,12 +192,13 @@ impl RegistryClient {
         for path in &options.ca_files {
             let from_file = read_ca_file(path)?;
             for certificate in &from_file {
-                let parsed = reqwest::Certificate::from_pem(&certificate.data).map_err(|source| {
-                    RegistryError::CaCertificate {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
+                let parsed =
+                    reqwest::Certificate::from_pem(&certificate.data).map_err(|source| {
+                        RegistryError::CaCertificate {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
                 api = api.tls_certs_merge([parsed]);
             }
             certificates.extend(from_file);
@@ -237,7 +239,7 @@ impl RegistryClient {
     }
 
     /// Returns whether `registry` (a host with optional port) may fall back to plain HTTP
-    /// when it answers the TLS handshake in plain HTTP.
+    /// when it replies to the TLS handshake in plain HTTP.
     pub fn may_use_plain_http(&self, registry: &str) -> bool {
         if self.tls_registries.iter().any(|host| host == registry) {
             return false;
@@ -571,8 +573,9 @@ impl RegistryClient {
         let client = if host.tls { &self.https } else { &self.http };
         let oci = oci_reference(reference);
         if let Challenge::Bearer { realm, service } = &host.challenge {
-            // oci-client falls back to the host's stored credential when a token is missing
-            // from its cache; anonymous keeps a token for one scope from serving another.
+            // oci-client falls back to the host's stored credential when its token cache has
+            // no entry. Storing anonymous there keeps a token for one scope from serving
+            // another.
             client
                 .store_auth_if_needed(oci.resolve_registry(), &RegistryAuth::Anonymous)
                 .await;
@@ -598,9 +601,9 @@ impl RegistryClient {
         let auth = match host.credential() {
             Credential::Anonymous => RegistryAuth::Anonymous,
             Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
-            // An identity token is a refresh token for a token server. A registry that asks
-            // for basic auth gets it as the password of docker's `<token>` user, the form
-            // credential helpers store it in.
+            // An identity token is a refresh token for a token server. A registry that
+            // requests basic auth gets it as the password of docker's `<token>` user, the form
+            // in which credential helpers store it.
             Credential::IdentityToken(token) => RegistryAuth::Basic("<token>".to_owned(), token),
         };
         client
@@ -654,7 +657,10 @@ impl RegistryClient {
 
     /// Sends `GET /v2/` over HTTPS and, where the transport rule allows, over plain HTTP
     /// after a plain HTTP reply to the handshake. Returns whether HTTPS worked.
-    async fn probe(&self, reference: &Reference) -> Result<(bool, reqwest::Response), RegistryError> {
+    async fn probe(
+        &self,
+        reference: &Reference,
+    ) -> Result<(bool, reqwest::Response), RegistryError> {
         let api_host = reference.api_host();
         let failed = |error| {
             self.classify(
@@ -720,7 +726,10 @@ impl RegistryClient {
         };
         let token = token::fetch(&self.api, &request, &credential).await?;
         if let (Some(rotated), Credential::IdentityToken(_)) = (&token.refresh_token, &credential) {
-            *host.credential.lock().expect("no code panics holding the lock") =
+            *host
+                .credential
+                .lock()
+                .expect("no code panics holding the lock") =
                 Credential::IdentityToken(rotated.clone());
         }
         let value = token.value.clone();
@@ -744,9 +753,12 @@ impl RegistryClient {
                 what,
             },
         );
-        // A 401 under bearer auth means the registry refused the token, not the password
-        // the token server already accepted.
-        let realm = match self.cached_host(&reference.registry).map(|host| host.challenge.clone()) {
+        // A 401 under bearer auth means the registry rejected the token, not the password
+        // that the token server already accepted.
+        let realm = match self
+            .cached_host(&reference.registry)
+            .map(|host| host.challenge.clone())
+        {
             Some(Challenge::Bearer { realm, .. }) => realm,
             _ => return classified,
         };

@@ -1,6 +1,6 @@
 //! Bearer tokens from a registry's token server.
 //!
-//! A registry that answers `GET /v2/` with `401` and `WWW-Authenticate: Bearer realm=…,
+//! A registry that responds to `GET /v2/` with `401` and `WWW-Authenticate: Bearer realm=…,
 //! service=…` delegates authentication to the token server at `realm`, as the distribution
 //! token authentication specification describes. The client asks that server for a token
 //! per repository scope (`repository:NAME:pull` or `repository:NAME:pull,push`):
@@ -33,7 +33,7 @@ const EXP_LEEWAY_SECS: u64 = 60;
 /// Maximum number of bytes of a token server's error body quoted in an error.
 const MAX_QUOTED_BODY: usize = 300;
 
-/// The authentication scheme a registry asks for in its `WWW-Authenticate` header.
+/// The authentication scheme a registry requests in its `WWW-Authenticate` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Challenge {
     /// `GET /v2/` succeeded without credentials, or the registry named no scheme.
@@ -109,7 +109,7 @@ fn parse_params(text: &str) -> HashMap<String, String> {
     params
 }
 
-/// Body of a token server's answer: `token` in the docker form, `access_token` in the
+/// Body of a token server's response: `token` in the docker form, `access_token` in the
 /// OAuth2 form, which some servers send together.
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -151,11 +151,40 @@ pub(crate) async fn fetch(
     request: &TokenRequest<'_>,
     credential: &Credential,
 ) -> Result<Token, RegistryError> {
+    tracing::debug!(
+        registry = request.registry,
+        realm = request.realm,
+        scope = request.scope,
+        ?credential,
+        "requesting bearer token"
+    );
+    let unreachable = |source| RegistryError::TokenServerUnreachable {
+        registry: request.registry.to_owned(),
+        realm: request.realm.to_owned(),
+        source,
+    };
+    let response = build_request(http, request, credential)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(unreachable)?;
+    if !status.is_success() {
+        return Err(status_error(request, status, &body));
+    }
+    parse_response(request, &body)
+}
+
+fn build_request(
+    http: &reqwest::Client,
+    request: &TokenRequest<'_>,
+    credential: &Credential,
+) -> reqwest::RequestBuilder {
     let mut query = vec![("scope", request.scope)];
     if let Some(service) = request.service {
         query.push(("service", service));
     }
-    let builder = match credential {
+    match credential {
         Credential::IdentityToken(refresh_token) => {
             query.push(("grant_type", "refresh_token"));
             query.push(("refresh_token", refresh_token));
@@ -175,55 +204,48 @@ pub(crate) async fn fetch(
             .query(&query)
             .basic_auth(username, Some(password)),
         Credential::Anonymous => http.get(request.realm).query(&query),
-    };
-    tracing::debug!(
-        registry = request.registry,
-        realm = request.realm,
-        scope = request.scope,
-        ?credential,
-        "requesting bearer token"
-    );
-    let unreachable = |source| RegistryError::TokenServerUnreachable {
-        registry: request.registry.to_owned(),
-        realm: request.realm.to_owned(),
-        source,
-    };
-    let response = builder.send().await.map_err(unreachable)?;
-    let status = response.status();
-    let body = response.bytes().await.map_err(unreachable)?;
-    if !status.is_success() {
-        let message = quote_body(&body);
-        let reply = if message.is_empty() {
-            format!("HTTP {}", status.as_u16())
-        } else {
-            format!("HTTP {}: {message}", status.as_u16())
-        };
-        // OAuth2 servers answer a rejected refresh token with 400 and `invalid_grant`.
-        let rejected = matches!(status.as_u16(), 401 | 403)
-            || (status.as_u16() == 400 && message.contains("invalid_grant"));
-        let registry = request.registry.to_owned();
-        let realm = request.realm.to_owned();
-        return Err(if rejected {
-            RegistryError::TokenRejected {
-                registry,
-                realm,
-                reply,
-            }
-        } else {
-            RegistryError::TokenServerStatus {
-                registry,
-                realm,
-                reply,
-            }
-        });
     }
+}
+
+fn status_error(
+    request: &TokenRequest<'_>,
+    status: reqwest::StatusCode,
+    body: &[u8],
+) -> RegistryError {
+    let message = quote_body(body);
+    let reply = if message.is_empty() {
+        format!("HTTP {}", status.as_u16())
+    } else {
+        format!("HTTP {}: {message}", status.as_u16())
+    };
+    // OAuth2 servers reject a refresh token with 400 and `invalid_grant`.
+    let rejected = matches!(status.as_u16(), 401 | 403)
+        || (status.as_u16() == 400 && message.contains("invalid_grant"));
+    let registry = request.registry.to_owned();
+    let realm = request.realm.to_owned();
+    if rejected {
+        RegistryError::TokenRejected {
+            registry,
+            realm,
+            reply,
+        }
+    } else {
+        RegistryError::TokenServerStatus {
+            registry,
+            realm,
+            reply,
+        }
+    }
+}
+
+fn parse_response(request: &TokenRequest<'_>, body: &[u8]) -> Result<Token, RegistryError> {
     let invalid = |reason: String| RegistryError::InvalidTokenResponse {
         registry: request.registry.to_owned(),
         realm: request.realm.to_owned(),
         reason,
     };
     let parsed: TokenResponse =
-        serde_json::from_slice(&body).map_err(|error| invalid(format!("not JSON: {error}")))?;
+        serde_json::from_slice(body).map_err(|error| invalid(format!("not JSON: {error}")))?;
     let value = parsed
         .token
         .filter(|token| !token.is_empty())
@@ -236,6 +258,7 @@ pub(crate) async fn fetch(
             expired_at,
         });
     }
+
     let lifetime = parsed
         .expires_in
         .map(Duration::from_secs)

@@ -38,7 +38,9 @@ impl TestPki {
         // rustls rejects a server certificate with CA:TRUE, so the server certificate is a
         // leaf signed by a separate CA.
         run(Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
             .args(["-subj", "/CN=layermend test CA"])
             .args(["-addext", "basicConstraints=critical,CA:TRUE"])
             .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
@@ -47,7 +49,14 @@ impl TestPki {
             .arg("-out")
             .arg(path("ca.crt")));
         run(Command::new("openssl")
-            .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost"])
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+            ])
             .arg("-keyout")
             .arg(path("server.key"))
             .arg("-out")
@@ -75,7 +84,9 @@ impl TestPki {
 
         // The token certificate is its own root in the registry's rootcertbundle.
         run(Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
             .args(["-subj", "/CN=layermend test token issuer"])
             .arg("-keyout")
             .arg(path("token.key"))
@@ -100,7 +111,7 @@ impl TestPki {
         self.dir.path().join("ca.crt")
     }
 
-    /// A directory with `ca.crt`, as skopeo's `--dest-cert-dir` expects.
+    /// Creates a directory with `ca.crt`, as skopeo's `--dest-cert-dir` expects.
     pub fn cert_dir(&self) -> PathBuf {
         let dir = self.dir.path().join("certs.d");
         fs_err::create_dir_all(&dir).unwrap();
@@ -224,7 +235,7 @@ impl AuthRegistry {
             .exists()
     }
 
-    /// The registry's log, for failure messages.
+    /// Reads the registry's log, for failure messages.
     pub fn log(&self) -> String {
         fs_err::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
@@ -237,7 +248,7 @@ impl Drop for AuthRegistry {
     }
 }
 
-/// A free TCP port on 127.0.0.1 at the time of the call.
+/// Returns a TCP port on 127.0.0.1 that is free at the time of the call.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -351,7 +362,7 @@ struct Signer {
 }
 
 impl Signer {
-    /// Answers one request and closes the connection.
+    /// Responds to one request and closes the connection.
     fn serve(&self, stream: TcpStream) -> Option<TokenRecord> {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -403,7 +414,10 @@ impl Signer {
         let (grant, subject) = if param("grant_type").as_deref() == Some("refresh_token") {
             let token = param("refresh_token").unwrap_or_default();
             let known = self.policy.refresh_tokens.contains(&token);
-            (Grant::RefreshToken, known.then(|| "refresh-user".to_owned()))
+            (
+                Grant::RefreshToken,
+                known.then(|| "refresh-user".to_owned()),
+            )
         } else if let Some((user, password)) = headers
             .get("authorization")
             .and_then(|value| value.strip_prefix("Basic "))
