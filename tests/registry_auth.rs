@@ -294,6 +294,7 @@ async fn missing_credential_helper() {
             "{chain}"
         );
         assert!(chain.contains("hint: install it"), "{chain}");
+        assert!(!registry.has_repository("helper/app"));
     }
 }
 
@@ -457,7 +458,7 @@ async fn identity_token_exchanged() {
         assert_eq!(param("service"), Some(TOKEN_SERVICE));
     }
 
-    // An unknown refresh token is rejected by the token server, and the error says so.
+    // The token server rejects an unknown refresh token, and the error names it.
     let config = format!(r#"{{"auths":{{"{host}":{{"identitytoken":"revoked"}}}}}}"#);
     let revoked = client(docker_config_env(work.path(), &config, None), Vec::new());
     let error = revoked.fetch_manifest(&target).await.unwrap_err();
@@ -465,7 +466,10 @@ async fn identity_token_exchanged() {
         matches!(error, RegistryError::TokenRejected { .. }),
         "{error:?}"
     );
-    assert!(!error.to_string().contains("revoked"), "{error}");
+    let message = error.to_string();
+    assert!(message.contains(&server.realm()), "{message}");
+    assert!(message.contains(&host), "{message}");
+    assert!(!message.contains("revoked"), "{message}");
 }
 
 #[tokio::test]
@@ -509,6 +513,38 @@ async fn bearer_errors_name_registry_and_fix() {
     assert!(message.contains(&host), "{message}");
     assert!(message.contains("/token"), "{message}");
     assert!(!message.contains("rejected"), "{message}");
+}
+
+#[tokio::test]
+async fn untrusted_token_is_rejected() {
+    // The token server signs with a key from another PKI than the one the registry trusts.
+    let pki = TestPki::create();
+    let other = TestPki::create();
+    let server = TokenServer::start(&other, password_policy());
+    let registry = AuthRegistry::start(
+        &pki,
+        RegistryAuth::Token {
+            realm: &server.realm(),
+        },
+        false,
+    );
+    let host = registry.host();
+    let work = tempfile::tempdir().unwrap();
+    let client = client(
+        auth_file_env(work.path(), &host, USER, PASSWORD),
+        Vec::new(),
+    );
+    let target = reference(&host, "untrusted/app:v1");
+    let error = push_image(&client, &target, work.path()).await.unwrap_err();
+    assert!(
+        matches!(error, RegistryError::TokenNotAccepted { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains(&host), "{message}");
+    assert!(message.contains(&server.realm()), "{message}");
+    assert!(message.contains("untrusted/app"), "{message}");
+    assert!(!registry.has_repository("untrusted/app"));
 }
 
 #[tokio::test]
@@ -557,7 +593,7 @@ async fn loopback_registry_down() {
 }
 
 /// Pushes the bookworm fixture to a TLS registry with htpasswd and patches it through the
-/// CLI with `--ca-file` and `REGISTRY_AUTH_FILE`; then fails a run with a wrong password.
+/// CLI with `--ca-file` and `REGISTRY_AUTH_FILE`. A second run with a wrong password fails.
 #[test]
 fn cli_patch_over_tls() {
     let security = common::security_fixture();

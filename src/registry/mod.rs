@@ -657,6 +657,9 @@ impl RegistryClient {
 
     /// Sends `GET /v2/` over HTTPS and, where the transport rule allows, over plain HTTP
     /// after a plain HTTP reply to the handshake. Returns whether HTTPS worked.
+    ///
+    /// NOTE: unlike docker, an insecure registry's HTTPS certificate is still verified, so
+    /// a self-signed one fails the handshake until its CA is passed with `--ca-file`.
     async fn probe(
         &self,
         reference: &Reference,
