@@ -166,8 +166,8 @@ pub struct PatchArgs {
     #[arg(long = "platform", value_name = "PLATFORM", conflicts_with = "config")]
     pub platforms: Vec<String>,
 
-    /// A registry host (`host[:port]`) reached over plain HTTP. Loopback registries
-    /// always are. Repeatable.
+    /// A registry host (`host[:port]`) that falls back to plain HTTP when it replies to
+    /// HTTPS in plain HTTP, as loopback registries always may. Repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
 

@@ -180,6 +180,8 @@ impl PatchError {
                 err,
                 RegistryError::NotFound { .. }
                     | RegistryError::Unauthorized { .. }
+                    | RegistryError::TokenRejected { .. }
+                    | RegistryError::TokenNotAccepted { .. }
                     | RegistryError::Denied { .. }
                     | RegistryError::CaFile { .. }
                     | RegistryError::CaFileEmpty { .. }

@@ -23,6 +23,12 @@ pub enum RegistryError {
     },
     #[error("invalid CA file {path}: it contains no PEM certificate")]
     CaFileEmpty { path: PathBuf },
+    #[error("invalid certificate in CA file {path}")]
+    CaCertificate {
+        path: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("failed to look up credentials for {registry}")]
     Credentials {
         registry: String,
@@ -110,7 +116,7 @@ pub enum RegistryError {
     #[error(
         "TLS handshake with {registry} failed\n\
          hint: if {registry} serves plain HTTP, pass --insecure-registry {registry}; if its \
-         certificate comes from a private CA, pass that CA file"
+         certificate comes from a private CA, pass that CA file with --ca-file"
     )]
     Tls {
         registry: String,
@@ -119,8 +125,7 @@ pub enum RegistryError {
     },
     #[error(
         "{registry} expects HTTPS but was contacted over plain HTTP\n\
-         hint: remove {registry} from the insecure registries; a loopback registry needs to be \
-         marked as a TLS registry"
+         hint: check the host and port in the image reference"
     )]
     ExpectsHttps {
         registry: String,
@@ -129,13 +134,79 @@ pub enum RegistryError {
     },
     #[error(
         "failed to connect to {registry}\n\
-         hint: check that the registry is running; for a registry on plain HTTP pass \
-         --insecure-registry {registry}"
+         hint: check that the registry is running and reachable from this machine"
     )]
     Connection {
         registry: String,
         #[source]
         source: Box<OciDistributionError>,
+    },
+    #[error(
+        "failed to connect to {registry}: nothing listens there\n\
+         hint: start the registry, or correct the host and port in the image reference"
+    )]
+    NotListening {
+        registry: String,
+        #[source]
+        source: Box<OciDistributionError>,
+    },
+    #[error(
+        "failed to reach the token server {realm} that {registry} sends clients to\n\
+         hint: check that the token server is running and reachable from this machine; \
+         the registry's token auth configuration sets its URL"
+    )]
+    TokenServerUnreachable {
+        registry: String,
+        realm: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error(
+        "unauthorized: the token server {realm} rejected the credentials for {registry} \
+         ({reply})\n\
+         hint: run `docker login {registry}` or set REGISTRY_AUTH_FILE to a file with \
+         credentials for it"
+    )]
+    TokenRejected {
+        registry: String,
+        realm: String,
+        /// The status and the start of the body.
+        reply: String,
+    },
+    #[error("the token server {realm} for {registry} failed: {reply}")]
+    TokenServerStatus {
+        registry: String,
+        realm: String,
+        reply: String,
+    },
+    #[error("invalid response from the token server {realm} for {registry}: {reason}")]
+    InvalidTokenResponse {
+        registry: String,
+        realm: String,
+        reason: String,
+    },
+    #[error(
+        "the token server {realm} issued an expired token for {registry} (it expired at \
+         {expired_at})\n\
+         hint: check the clocks of this machine and of the token server"
+    )]
+    TokenExpired {
+        registry: String,
+        realm: String,
+        expired_at: String,
+    },
+    #[error(
+        "unauthorized: {registry} rejected the bearer token from {realm} for {repository}\n\
+         hint: the token may have expired or lack access; check the clocks of this machine \
+         and of the token server, and that the account may {operation} {repository}"
+    )]
+    TokenNotAccepted {
+        registry: String,
+        repository: String,
+        realm: String,
+        operation: &'static str,
+        #[source]
+        source: Option<Box<OciDistributionError>>,
     },
     #[error("request to {registry} timed out")]
     Timeout {
@@ -258,6 +329,12 @@ pub(crate) fn classify(error: OciDistributionError, context: Context<'_>) -> Reg
                 source: Box::new(error),
             };
         }
+        if request.is_connect() && super::is_loopback(&registry) {
+            return RegistryError::NotListening {
+                registry,
+                source: Box::new(error),
+            };
+        }
         if request.is_connect() {
             return RegistryError::Connection {
                 registry,
@@ -293,20 +370,35 @@ fn has_code(error: &OciDistributionError, code: &OciErrorCode) -> bool {
 
 /// Checks the cause chain for a rustls error, which marks a failed TLS handshake.
 fn has_rustls_source(error: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if current.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        // hyper-util wraps the rustls error in an io::Error.
-        if let Some(io) = current.downcast_ref::<std::io::Error>()
-            && io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-        {
-            return true;
-        }
-        source = current.source();
+    find_rustls_error(error).is_some()
+}
+
+/// Checks whether a TLS handshake failed because the server replied in plain HTTP. The
+/// reply starts with `HTTP/`, which rustls reads as a record of an invalid content type.
+pub(crate) fn is_plain_http_reply(error: &reqwest::Error) -> bool {
+    matches!(
+        find_rustls_error(error),
+        Some(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType
+        ))
+    )
+}
+
+/// Finds a rustls error in the cause chain. hyper-util wraps it in an `io::Error` inside
+/// another `io::Error`, and `io::Error::source` skips such a wrapped error, so each
+/// `io::Error` is unwrapped with `get_ref`.
+fn find_rustls_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    if let Some(found) = error.downcast_ref::<rustls::Error>() {
+        return Some(found);
     }
-    false
+    if let Some(inner) = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        && let Some(found) = find_rustls_error(inner)
+    {
+        return Some(found);
+    }
+    error.source().and_then(find_rustls_error)
 }

@@ -4,24 +4,33 @@
 //! whole-image pulls and pushes hold layers in memory, and its typed manifest push
 //! re-serializes the manifest, which changes the digest.
 //!
-//! Transport rule: hosts in [`RegistryOptions::insecure_registries`] use plain HTTP. Loopback
-//! hosts (`localhost`, `127.0.0.0/8`, `[::1]`) use plain HTTP too, as local test registries
-//! usually do, unless listed in [`RegistryOptions::tls_registries`]. Every other host uses
-//! HTTPS, trusting the webpki roots plus [`RegistryOptions::ca_files`].
+//! Transport rule, as docker and skopeo apply it to insecure registries: the first request to
+//! a host is `GET /v2/` over HTTPS, trusting the platform's roots plus
+//! [`RegistryOptions::ca_files`]. Loopback hosts (`localhost`, `127.0.0.0/8`, `[::1]`) and
+//! hosts in [`RegistryOptions::insecure_registries`] fall back to plain HTTP when the server
+//! replies to the TLS handshake in plain HTTP. A host in [`RegistryOptions::tls_registries`]
+//! never falls back. Any other handshake failure, such as an untrusted certificate, is an error.
+//!
+//! Authentication follows the challenge of that first `GET /v2/`: basic credentials go to
+//! oci-client as they are, and for a bearer challenge this module gets a token per
+//! repository scope from the token server ([`token`]) and hands it to oci-client.
 
 pub mod auth;
 mod blob;
 mod error;
 mod platform;
+mod token;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::Client;
+use oci_client::RegistryOperation;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
@@ -35,7 +44,8 @@ pub use platform::{InvalidPlatform, Platform};
 
 use self::auth::{AuthEnv, Credential};
 use self::blob::{CheckedStream, FailureSlot};
-use self::error::{Context, classify};
+use self::error::{Context, classify, is_plain_http_reply};
+use self::token::{Challenge, TokenCache, TokenRequest};
 use crate::digest::Digest;
 use crate::image::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, ImageFamily, OCI_INDEX, OCI_MANIFEST};
 use crate::reference::Reference;
@@ -55,9 +65,10 @@ pub const MAX_CONFIG_SIZE: u64 = 4 * 1024 * 1024;
 /// How to reach registries.
 #[derive(Clone, Debug, Default)]
 pub struct RegistryOptions {
-    /// Hosts (with port, as written in references) reached over plain HTTP.
+    /// Hosts (with port, as written in references) that may be reached over plain HTTP
+    /// when they reply to the TLS handshake in plain HTTP, as loopback hosts may.
     pub insecure_registries: Vec<String>,
-    /// Loopback hosts reached over HTTPS instead of the plain HTTP loopback default.
+    /// Hosts, loopback ones included, reached over HTTPS only.
     pub tls_registries: Vec<String>,
     /// PEM files of extra trusted CA certificates, such as `SSL_CERT_FILE`.
     pub ca_files: Vec<PathBuf>,
@@ -114,14 +125,52 @@ pub enum BlobCopy {
     Streamed,
 }
 
-/// A registry client with credentials resolved once per registry host.
+/// A registry client with transport and credentials resolved once per registry host.
 pub struct RegistryClient {
     http: Client,
     https: Client,
+    /// Client for the first `GET /v2/` of each host and for token servers.
+    api: reqwest::Client,
     insecure_registries: Vec<String>,
     tls_registries: Vec<String>,
     auth_env: AuthEnv,
-    credentials: Mutex<HashMap<String, RegistryAuth>>,
+    hosts: std::sync::Mutex<HashMap<String, Arc<Host>>>,
+    /// Held while a host is probed, so concurrent tasks probe each host once.
+    probe_lock: Mutex<()>,
+    tokens: TokenCache,
+}
+
+/// The transport and auth challenge found by the first `GET /v2/` to a registry host, and
+/// the host's credential.
+struct Host {
+    tls: bool,
+    challenge: Challenge,
+    /// Replaced when a token server rotates an identity token.
+    credential: std::sync::Mutex<Credential>,
+}
+
+/// The access a request needs, which selects the bearer token scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Pull,
+    Push,
+}
+
+impl Access {
+    fn scope(self, repository: &str) -> String {
+        match self {
+            Access::Pull => format!("repository:{repository}:pull"),
+            Access::Push => format!("repository:{repository}:pull,push"),
+        }
+    }
+
+    /// Lists the oci-client operations that a token for this access covers.
+    fn operations(self) -> &'static [RegistryOperation] {
+        match self {
+            Access::Pull => &[RegistryOperation::Pull],
+            Access::Push => &[RegistryOperation::Pull, RegistryOperation::Push],
+        }
+    }
 }
 
 /// One prepared request target: the oci-client for its scheme and the converted reference.
@@ -139,9 +188,27 @@ impl RegistryClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
 
         let mut certificates = Vec::new();
+        let mut api = reqwest::Client::builder();
         for path in &options.ca_files {
-            certificates.extend(read_ca_file(path)?);
+            let from_file = read_ca_file(path)?;
+            for certificate in &from_file {
+                let parsed =
+                    reqwest::Certificate::from_pem(&certificate.data).map_err(|source| {
+                        RegistryError::CaCertificate {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
+                api = api.tls_certs_merge([parsed]);
+            }
+            certificates.extend(from_file);
         }
+        if let Some(timeout) = options.timeout {
+            api = api.connect_timeout(timeout).read_timeout(timeout);
+        }
+        let api = api.build().map_err(|source| RegistryError::Setup {
+            source: Box::new(OciDistributionError::RequestError(source)),
+        })?;
         let config = |protocol, extra_root_certificates| ClientConfig {
             protocol,
             extra_root_certificates,
@@ -161,19 +228,23 @@ impl RegistryClient {
         Ok(RegistryClient {
             http: build(config(ClientProtocol::Http, Vec::new()))?,
             https: build(config(ClientProtocol::Https, certificates))?,
+            api,
             insecure_registries: options.insecure_registries,
             tls_registries: options.tls_registries,
             auth_env: options.auth_env,
-            credentials: Mutex::new(HashMap::new()),
+            hosts: std::sync::Mutex::new(HashMap::new()),
+            probe_lock: Mutex::new(()),
+            tokens: TokenCache::default(),
         })
     }
 
-    /// Returns whether `registry` (a host with optional port) is reached over HTTPS.
-    pub fn uses_tls(&self, registry: &str) -> bool {
-        if self.insecure_registries.iter().any(|host| host == registry) {
+    /// Returns whether `registry` (a host with optional port) may fall back to plain HTTP
+    /// when it replies to the TLS handshake in plain HTTP.
+    pub fn may_use_plain_http(&self, registry: &str) -> bool {
+        if self.tls_registries.iter().any(|host| host == registry) {
             return false;
         }
-        !is_loopback(registry) || self.tls_registries.iter().any(|host| host == registry)
+        is_loopback(registry) || self.insecure_registries.iter().any(|host| host == registry)
     }
 
     /// Fetches a manifest or index by tag or digest, verifying the digest when the
@@ -182,7 +253,7 @@ impl RegistryClient {
         &self,
         reference: &Reference,
     ) -> Result<FetchedManifest, RegistryError> {
-        let target = self.target(reference).await?;
+        let target = self.target(reference, Access::Pull).await?;
         let what = match (&reference.digest, reference.tag_or_default()) {
             (Some(digest), _) => format!("manifest {digest}"),
             (None, tag) => format!("manifest for tag {:?}", tag.unwrap_or_default()),
@@ -303,7 +374,7 @@ impl RegistryClient {
         reference: &Reference,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
-        let target = self.target(reference).await?;
+        let target = self.target(reference, Access::Pull).await?;
         target
             .client
             .blob_exists(&target.reference, digest.as_str())
@@ -365,7 +436,7 @@ impl RegistryClient {
             return Ok(BlobCopy::AlreadyPresent);
         }
         if from.registry == to.registry && from.repository != to.repository {
-            let target = self.target(to).await?;
+            let target = self.target(to, Access::Push).await?;
             let source = oci_reference(from);
             // A mount can fail where a copy works: bearer tokens are scoped to the target
             // repository, and registries may answer 202 to start a normal upload instead.
@@ -426,7 +497,7 @@ impl RegistryClient {
                 media_type: media_type.to_owned(),
             }
         })?;
-        let target = self.target(target_ref).await?;
+        let target = self.target(target_ref, Access::Push).await?;
         target
             .client
             .push_manifest_raw(&target.reference, bytes.to_vec(), content_type)
@@ -444,7 +515,7 @@ impl RegistryClient {
         digest: &Digest,
         size: u64,
     ) -> Result<CheckedStream, RegistryError> {
-        let target = self.target(reference).await?;
+        let target = self.target(reference, Access::Pull).await?;
         let sized = target
             .client
             .pull_blob_stream(&target.reference, digest.as_str())
@@ -477,7 +548,7 @@ impl RegistryClient {
     where
         S: futures_util::Stream<Item = oci_client::errors::Result<Bytes>> + Send + 'static,
     {
-        let target = self.target(target_ref).await?;
+        let target = self.target(target_ref, Access::Push).await?;
         target
             .client
             .push_blob_stream(
@@ -491,16 +562,50 @@ impl RegistryClient {
         Ok(())
     }
 
-    /// Picks the client for the host, converts the reference and makes sure the host's
-    /// credential is stored in that client.
-    async fn target(&self, reference: &Reference) -> Result<Target<'_>, RegistryError> {
-        let client = if self.uses_tls(&reference.registry) {
-            &self.https
-        } else {
-            &self.http
-        };
-        let auth = self.credential(reference).await?;
+    /// Picks the client for the host, converts the reference and makes sure oci-client
+    /// holds the credential or bearer token for `access` to the repository.
+    async fn target(
+        &self,
+        reference: &Reference,
+        access: Access,
+    ) -> Result<Target<'_>, RegistryError> {
+        let host = self.host(reference).await?;
+        let client = if host.tls { &self.https } else { &self.http };
         let oci = oci_reference(reference);
+        if let Challenge::Bearer { realm, service } = &host.challenge {
+            // oci-client falls back to the host's stored credential when its token cache has
+            // no entry. Storing anonymous there keeps a token for one scope from serving
+            // another.
+            client
+                .store_auth_if_needed(oci.resolve_registry(), &RegistryAuth::Anonymous)
+                .await;
+            let token = self
+                .bearer_token(reference, &host, realm, service.as_deref(), access)
+                .await?;
+            let bearer = RegistryAuth::Bearer(token);
+            for operation in access.operations() {
+                // With a bearer credential this only fills oci-client's token cache.
+                client
+                    .auth(&oci, &bearer, *operation)
+                    .await
+                    .map_err(|error| {
+                        self.classify(error, reference, "authenticate", "a bearer token".into())
+                    })?;
+            }
+            return Ok(Target {
+                client,
+                reference: oci,
+                auth: RegistryAuth::Anonymous,
+            });
+        }
+        let auth = match host.credential() {
+            Credential::Anonymous => RegistryAuth::Anonymous,
+            Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
+            // An identity token is a refresh token for a token server. A registry that
+            // requests basic auth gets it as the password of docker's `<token>` user, the form
+            // in which credential helpers store it.
+            Credential::IdentityToken(token) => RegistryAuth::Basic("<token>".to_owned(), token),
+        };
         client
             .store_auth_if_needed(oci.resolve_registry(), &auth)
             .await;
@@ -511,37 +616,128 @@ impl RegistryClient {
         })
     }
 
-    /// Returns the host's credential, looking it up on first use.
+    /// Returns the host's transport, challenge and credential, probing the host on first
+    /// use.
     ///
-    /// NOTE: oci-client keeps one credential per host, so a repository-scoped entry in
+    /// NOTE: the credential is looked up once per host, so a repository-scoped entry in
     /// auth.json applies to every repository of the host once the first one has used it.
-    async fn credential(&self, reference: &Reference) -> Result<RegistryAuth, RegistryError> {
-        let mut cache = self.credentials.lock().await;
-        if let Some(auth) = cache.get(&reference.registry) {
-            return Ok(auth.clone());
+    async fn host(&self, reference: &Reference) -> Result<Arc<Host>, RegistryError> {
+        if let Some(host) = self.cached_host(&reference.registry) {
+            return Ok(host);
         }
+        let _probing = self.probe_lock.lock().await;
+        if let Some(host) = self.cached_host(&reference.registry) {
+            return Ok(host);
+        }
+        let (tls, response) = self.probe(reference).await?;
+        let challenge = match response.headers().get(reqwest::header::WWW_AUTHENTICATE) {
+            Some(header) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                Challenge::parse(&String::from_utf8_lossy(header.as_bytes()))
+            }
+            _ => Challenge::None,
+        };
+        let credential = self.lookup_credential(reference).await?;
+        tracing::debug!(registry = %reference.registry, tls, ?challenge, ?credential, "probed registry");
+        let host = Arc::new(Host {
+            tls,
+            challenge,
+            credential: std::sync::Mutex::new(credential),
+        });
+        self.hosts
+            .lock()
+            .expect("no code panics holding the lock")
+            .insert(reference.registry.clone(), host.clone());
+        Ok(host)
+    }
+
+    fn cached_host(&self, registry: &str) -> Option<Arc<Host>> {
+        let hosts = self.hosts.lock().expect("no code panics holding the lock");
+        hosts.get(registry).cloned()
+    }
+
+    /// Sends `GET /v2/` over HTTPS and, where the transport rule allows, over plain HTTP
+    /// after a plain HTTP reply to the handshake. Returns whether HTTPS worked.
+    ///
+    /// NOTE: unlike docker, an insecure registry's HTTPS certificate is still verified, so
+    /// a self-signed one fails the handshake until its CA is passed with `--ca-file`.
+    async fn probe(
+        &self,
+        reference: &Reference,
+    ) -> Result<(bool, reqwest::Response), RegistryError> {
+        let api_host = reference.api_host();
+        let failed = |error| {
+            self.classify(
+                OciDistributionError::RequestError(error),
+                reference,
+                "query",
+                "the API endpoint /v2/".to_owned(),
+            )
+        };
+        match self.api.get(format!("https://{api_host}/v2/")).send().await {
+            Ok(response) => Ok((true, response)),
+            Err(error)
+                if self.may_use_plain_http(&reference.registry) && is_plain_http_reply(&error) =>
+            {
+                tracing::debug!(registry = %reference.registry, "TLS handshake got a plain HTTP reply, using HTTP");
+                let response = self
+                    .api
+                    .get(format!("http://{api_host}/v2/"))
+                    .send()
+                    .await
+                    .map_err(failed)?;
+                Ok((false, response))
+            }
+            Err(error) => Err(failed(error)),
+        }
+    }
+
+    /// Looks up the credential in the auth files and credential helpers.
+    async fn lookup_credential(&self, reference: &Reference) -> Result<Credential, RegistryError> {
         let env = self.auth_env.clone();
         let registry = reference.registry.clone();
         let repository = reference.repository.clone();
         // The lookup reads files and may run a credential helper, so it leaves the runtime.
-        let found = tokio::task::spawn_blocking(move || auth::lookup(&env, &registry, &repository))
+        tokio::task::spawn_blocking(move || auth::lookup(&env, &registry, &repository))
             .await
             .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
             .map_err(|source| RegistryError::Credentials {
                 registry: reference.registry.clone(),
                 source,
-            })?;
-        let auth = match found {
-            Credential::Anonymous => RegistryAuth::Anonymous,
-            Credential::Basic { username, password } => RegistryAuth::Basic(username, password),
-            // NOTE: docker exchanges an identity token for a bearer token through the
-            // registry's OAuth2 endpoint; oci-client cannot, so the token goes out as a
-            // basic-auth password with docker's `<token>` user name, which only some
-            // registries accept.
-            Credential::IdentityToken(token) => RegistryAuth::Basic("<token>".to_owned(), token),
+            })
+    }
+
+    /// Returns a cached bearer token for `access` to the repository, or gets one from the
+    /// token server.
+    async fn bearer_token(
+        &self,
+        reference: &Reference,
+        host: &Host,
+        realm: &str,
+        service: Option<&str>,
+        access: Access,
+    ) -> Result<String, RegistryError> {
+        let scope = access.scope(&reference.repository);
+        if let Some(token) = self.tokens.get(&reference.registry, &scope) {
+            return Ok(token);
+        }
+        let credential = host.credential();
+        let request = TokenRequest {
+            registry: &reference.registry,
+            realm,
+            service,
+            scope: &scope,
         };
-        cache.insert(reference.registry.clone(), auth.clone());
-        Ok(auth)
+        let token = token::fetch(&self.api, &request, &credential).await?;
+        if let (Some(rotated), Credential::IdentityToken(_)) = (&token.refresh_token, &credential) {
+            *host
+                .credential
+                .lock()
+                .expect("no code panics holding the lock") =
+                Credential::IdentityToken(rotated.clone());
+        }
+        let value = token.value.clone();
+        self.tokens.insert(&reference.registry, &scope, token);
+        Ok(value)
     }
 
     fn classify(
@@ -551,7 +747,7 @@ impl RegistryClient {
         operation: &'static str,
         what: String,
     ) -> RegistryError {
-        classify(
+        let classified = classify(
             error,
             Context {
                 registry: &reference.registry,
@@ -559,7 +755,30 @@ impl RegistryClient {
                 operation,
                 what,
             },
-        )
+        );
+        // A 401 under bearer auth means the registry rejected the token, not the password
+        // that the token server already accepted.
+        let realm = match self
+            .cached_host(&reference.registry)
+            .map(|host| host.challenge.clone())
+        {
+            Some(Challenge::Bearer { realm, .. }) => realm,
+            _ => return classified,
+        };
+        match classified {
+            RegistryError::Unauthorized {
+                registry,
+                repository,
+                source,
+            } => RegistryError::TokenNotAccepted {
+                registry,
+                repository,
+                realm,
+                operation,
+                source,
+            },
+            other => other,
+        }
     }
 }
 
@@ -703,6 +922,15 @@ fn parse_descriptor(
     Ok(descriptor)
 }
 
+impl Host {
+    fn credential(&self) -> Credential {
+        self.credential
+            .lock()
+            .expect("no code panics holding the lock")
+            .clone()
+    }
+}
+
 impl Descriptor {
     /// Parses the `digest`, `size` and `mediaType` of a JSON content descriptor; a missing
     /// `mediaType` is left empty. The error completes "descriptor …", as in "has no digest".
@@ -830,10 +1058,11 @@ mod tests {
             ..RegistryOptions::default()
         })
         .unwrap();
-        assert!(!client.uses_tls("127.0.0.1:5000"));
-        assert!(client.uses_tls("127.0.0.1:5443"));
-        assert!(!client.uses_tls("10.0.0.1:5000"));
-        assert!(client.uses_tls("example.com"));
+        assert!(client.may_use_plain_http("127.0.0.1:5000"));
+        assert!(client.may_use_plain_http("localhost:5000"));
+        assert!(!client.may_use_plain_http("127.0.0.1:5443"));
+        assert!(client.may_use_plain_http("10.0.0.1:5000"));
+        assert!(!client.may_use_plain_http("example.com"));
     }
 
     #[test]
