@@ -421,6 +421,57 @@ fn check_top_layer(registry: &Registry, manifest: &Manifest, machine: u16, platf
     );
 }
 
+/// Pulls the arm64 platform of the patched index the way a runtime on an arm64 host
+/// selects it, applies its layers with `umoci unpack`, and checks the result: the
+/// merged-/usr symlinks survive, the patched zlib is aarch64 code and dpkg lists the
+/// report's fixed versions.
+fn check_arm64_unpacked(registry: &Registry) {
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    run(Command::new("skopeo")
+        .args(["--override-arch", "arm64", "--override-variant", "v8"])
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!(
+            "docker://{}",
+            registry.image(&format!("{REPOSITORY}:patched"))
+        ))
+        .arg(format!("oci:{}:arm64", layout.display())));
+    let bundle = work.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:arm64", layout.display()))
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+
+    for (link, target) in [("lib", "usr/lib"), ("bin", "usr/bin"), ("sbin", "usr/sbin")] {
+        let found = fs_err::read_link(rootfs.join(link)).unwrap();
+        assert_eq!(found, Path::new(target), "/{link} must stay a symlink");
+    }
+    let libz = rootfs.join("usr/lib/aarch64-linux-gnu/libz.so.1");
+    let mut head = Vec::new();
+    fs_err::File::open(&libz)
+        .unwrap()
+        .take(64)
+        .read_to_end(&mut head)
+        .unwrap();
+    assert_eq!(elf_machine(&head), Some(EM_AARCH64), "{}", libz.display());
+
+    let installed = run_stdout(
+        Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                rootfs.join("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f", "${Package}\t${Version}\n"]),
+    );
+    for (name, fixed) in report_updates("arm64") {
+        assert!(
+            installed.contains(&format!("{name}\t{fixed}\n")),
+            "dpkg-query in the unpacked arm64 image must list {name} {fixed}:\n{installed}"
+        );
+    }
+}
+
 /// Returns the packages a patched image's dpkg status lists at their new versions,
 /// read from the patch layer's `var/lib/dpkg/status`.
 fn layer_status_versions(registry: &Registry, manifest: &Manifest) -> BTreeSet<(String, String)> {
@@ -546,6 +597,16 @@ fn index_patches_both_platforms() {
 
     let outcome_platforms = result["platforms"].as_array().unwrap();
     assert_eq!(outcome_platforms.len(), 2, "{}", outcome.stdout);
+    for (position, reported) in outcome_platforms.iter().enumerate() {
+        let entry: Value = serde_json::from_str(&after[position]).unwrap();
+        assert_eq!(
+            reported["manifest_digest"], entry["digest"],
+            "the JSON result names the new manifest of {}",
+            reported["platform"]
+        );
+    }
+
+    check_arm64_unpacked(&registry);
 
     // A package file both platforms install (an `Architecture: all` one such as tzdata)
     // is downloaded once; `-v` logs each download.
