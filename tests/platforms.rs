@@ -25,6 +25,8 @@ const REPOSITORY: &str = "debian";
 const INDEX_TAG: &str = "multi";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// `e_machine` values of the ELF header (System V ABI, processor supplements).
 const EM_X86_64: u16 = 62;
@@ -722,6 +724,73 @@ fn index_to_layout_and_archive() {
         json!([]),
         "manifest.json cannot list an index"
     );
+}
+
+/// Adds an index with the two platform entries only, tagged `list`, to the fixture's
+/// layout. Docker manifest lists cannot carry the in-toto layer of an attestation.
+fn add_platforms_only_index(fixture: &IndexFixture) -> &'static str {
+    let mut index: Value = serde_json::from_slice(&fixture.index).unwrap();
+    index["manifests"].as_array_mut().unwrap().truncate(2);
+    index.as_object_mut().unwrap().remove("annotations");
+    let layout = fixture.layout();
+    let mut top = write_blob(&layout, OCI_INDEX, &serde_json::to_vec(&index).unwrap());
+    top["annotations"] = json!({"org.opencontainers.image.ref.name": "list"});
+    let path = layout.join("index.json");
+    let mut layout_index: Value = serde_json::from_slice(&fs_err::read(&path).unwrap()).unwrap();
+    layout_index["manifests"].as_array_mut().unwrap().push(top);
+    fs_err::write(&path, layout_index.to_string()).unwrap();
+    "list"
+}
+
+#[test]
+fn manifest_list_patches_both_platforms() {
+    let fixture = index_fixture();
+    let tag = add_platforms_only_index(&fixture);
+    let registry = Registry::start();
+    // skopeo converts the index to a Docker manifest list and each image to schema 2.
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", "--format", "v2s2"])
+        .arg("--dest-tls-verify=false")
+        .arg(format!("oci:{}:{tag}", fixture.layout().display()))
+        .arg(format!(
+            "docker://{}",
+            registry.image(&format!("{REPOSITORY}:{tag}"))
+        )));
+    let source = registry_manifest(&registry, tag);
+    assert_eq!(source.media_type(), DOCKER_MANIFEST_LIST);
+
+    let outcome = layermend(&[
+        "patch",
+        "-i",
+        &registry.image(&format!("{REPOSITORY}:{tag}")),
+        "-r",
+        reports_dir().to_str().unwrap(),
+        "-t",
+        "list-patched",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome}");
+
+    let patched = registry_manifest(&registry, "list-patched");
+    assert_eq!(patched.media_type(), DOCKER_MANIFEST_LIST);
+    let before = raw_entries(&source.bytes);
+    let after = raw_entries(&patched.bytes);
+    assert_eq!(after.len(), 2);
+    let machines = [("linux/amd64", EM_X86_64), ("linux/arm64", EM_AARCH64)];
+    for (position, (platform, machine)) in machines.into_iter().enumerate() {
+        let old_entry: Value = serde_json::from_str(&before[position]).unwrap();
+        let entry: Value = serde_json::from_str(&after[position]).unwrap();
+        assert_ne!(
+            entry["digest"], old_entry["digest"],
+            "{platform} must be patched"
+        );
+        assert_eq!(entry["mediaType"], DOCKER_MANIFEST, "{platform}");
+        assert_eq!(entry["platform"], old_entry["platform"], "{platform}");
+        let old = registry_manifest(&registry, old_entry["digest"].as_str().unwrap());
+        let new = registry_manifest(&registry, entry["digest"].as_str().unwrap());
+        assert_eq!(new.media_type(), DOCKER_MANIFEST, "{platform}");
+        assert_eq!(new.layers().len(), old.layers().len() + 1, "{platform}");
+        check_top_layer(&registry, &new, machine, platform);
+    }
 }
 
 #[test]
