@@ -424,8 +424,8 @@ fn check_top_layer(registry: &Registry, manifest: &Manifest, machine: u16, platf
 }
 
 /// Pulls the arm64 platform of the patched index the way a runtime on an arm64 host
-/// selects it, applies its layers with `umoci unpack`, and checks the result: the
-/// merged-/usr symlinks survive, the patched zlib is aarch64 code and dpkg lists the
+/// selects it and applies its layers with `umoci unpack`. In the result, the merged-/usr
+/// symlinks must survive, the patched zlib must be aarch64 code, and dpkg must list the
 /// report's fixed versions.
 fn check_arm64_unpacked(registry: &Registry) {
     let work = tempfile::tempdir().unwrap();
@@ -611,7 +611,7 @@ fn index_patches_both_platforms() {
     check_arm64_unpacked(&registry);
 
     // A package file both platforms install (an `Architecture: all` one such as tzdata)
-    // is downloaded once; `-v` logs each download.
+    // is downloaded once. With `-v`, each download is logged.
     let shared: BTreeSet<String> = arch_all_packages("amd64")
         .intersection(&arch_all_packages("arm64"))
         .cloned()
@@ -727,7 +727,8 @@ fn index_to_layout_and_archive() {
 }
 
 /// Adds an index with the two platform entries only, tagged `list`, to the fixture's
-/// layout. Docker manifest lists cannot carry the in-toto layer of an attestation.
+/// layout. skopeo 1.9 rejects the attestation when converting to Docker schema 2,
+/// because the in-toto layer media type has no schema 2 equivalent.
 fn add_platforms_only_index(fixture: &IndexFixture) -> &'static str {
     let mut index: Value = serde_json::from_slice(&fixture.index).unwrap();
     index["manifests"].as_array_mut().unwrap().truncate(2);
