@@ -830,3 +830,82 @@ fn single_image_platform_must_match() {
     ]);
     assert_eq!(outcome.code, 0, "{outcome}");
 }
+
+/// Reads a blob of the OCI layout at `layout`.
+fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
+    fs_err::read(layout.join("blobs/sha256").join(&digest["sha256:".len()..])).unwrap()
+}
+
+#[test]
+fn one_report_serves_both_platforms() {
+    let fixture = index_fixture();
+    let source = format!("oci:{}:{INDEX_TAG}", fixture.layout().display());
+    // The amd64 report names its packages with arch=amd64; the arm64 image has the same
+    // packages as arm64 ones.
+    let report = reports_dir().join("amd64.json");
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("layout");
+    let destination = format!("oci:{}:patched", layout.display());
+    let outcome = layermend(&[
+        "patch",
+        "-i",
+        &source,
+        "-r",
+        report.to_str().unwrap(),
+        "-t",
+        &destination,
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome}");
+
+    let layout_index: Value =
+        serde_json::from_slice(&fs_err::read(layout.join("index.json")).unwrap()).unwrap();
+    let index_digest = layout_index["manifests"][0]["digest"].as_str().unwrap();
+    let index: Value = serde_json::from_slice(&layout_blob(&layout, index_digest)).unwrap();
+    let arm64_entry = &index["manifests"][1];
+    assert_eq!(arm64_entry["platform"]["architecture"], "arm64");
+    assert_ne!(
+        arm64_entry["digest"].as_str(),
+        Some(fixture.arm64.as_str()),
+        "arm64 must be patched"
+    );
+    let manifest: Value = serde_json::from_slice(&layout_blob(
+        &layout,
+        arm64_entry["digest"].as_str().unwrap(),
+    ))
+    .unwrap();
+    let layer = manifest["layers"].as_array().unwrap().last().unwrap();
+    let tar_bytes = decompress_layer(
+        &layout_blob(&layout, layer["digest"].as_str().unwrap()),
+        layer["mediaType"].as_str().unwrap(),
+    );
+    let (_, files) = layer_files(&tar_bytes);
+    let libz = files
+        .iter()
+        .find(|file| file.path.contains("aarch64-linux-gnu/libz.so"))
+        .unwrap_or_else(|| panic!("the arm64 patch layer has no libz\n{outcome}"));
+    assert_eq!(elf_machine(&libz.head), Some(EM_AARCH64));
+
+    // Every package both reports list is fixed on arm64 too; none is skipped as
+    // missing because the report recorded another architecture.
+    let arm64_names: BTreeSet<String> = report_updates("arm64")
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let amd64_names: BTreeSet<String> = report_updates("amd64")
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let not_installed: Vec<&str> = outcome
+        .stderr
+        .lines()
+        .filter(|line| line.contains("is in the report but not installed"))
+        .collect();
+    for name in arm64_names.intersection(&amd64_names) {
+        assert!(
+            !not_installed
+                .iter()
+                .any(|line| line.starts_with(&format!("warning: {name} "))),
+            "{name} reported as not installed: {not_installed:?}"
+        );
+    }
+}
