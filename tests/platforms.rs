@@ -904,8 +904,27 @@ fn one_report_serves_both_platforms() {
         assert!(
             !not_installed
                 .iter()
-                .any(|line| line.starts_with(&format!("warning: {name} "))),
+                .any(|line| line.contains(&format!(": {name} is in the report"))),
             "{name} reported as not installed: {not_installed:?}"
+        );
+    }
+    // A package of the amd64 image only (apt, for example) gets a warning that names
+    // the platform that lacks it.
+    let arm64_installed = fs_err::read_to_string(arm64_fixture().dir.join("packages.tsv")).unwrap();
+    let arm64_installed: BTreeSet<&str> = arm64_installed
+        .lines()
+        .filter_map(|line| line.split('\t').next())
+        .collect();
+    for name in amd64_names
+        .iter()
+        .filter(|name| !arm64_installed.contains(name.as_str()))
+    {
+        let expected = format!(
+            "warning: linux/arm64/v8: {name} is in the report but not installed in the image"
+        );
+        assert!(
+            not_installed.contains(&expected.as_str()),
+            "{expected:?} missing: {not_installed:?}"
         );
     }
 }
