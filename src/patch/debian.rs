@@ -285,7 +285,11 @@ async fn resolve_updates<'a>(
     let store = StatusStore::load(rootfs)?;
     let arch = native_arch(rootfs, &store, inputs.platform_arch.as_deref());
     let installed = installed_packages(&store, &arch)?;
-    let report_requests = inputs.report.map(requests_from_report).transpose()?;
+    let report_requests = inputs
+        .report
+        .map(requests_from_report)
+        .transpose()?
+        .map(|requests| match_image_architectures(requests, &installed));
     if report_requests.as_ref().is_some_and(Vec::is_empty) {
         return Ok(None);
     }
@@ -756,6 +760,35 @@ fn requests_from_report(report: &Report) -> Result<Vec<Request>, DebianError> {
         .collect()
 }
 
+/// Drops the architecture of each request for an architecture that no installed package
+/// has, because one report may serve every platform of an index. A report of the amd64
+/// image names `liblzma5` with `arch=amd64`, and the arm64 image has `liblzma5:arm64`,
+/// so the name alone selects it there. A multi-arch image keeps the architecture of
+/// requests for any architecture it has packages of.
+fn match_image_architectures(
+    requests: Vec<Request>,
+    installed: &[InstalledPackage],
+) -> Vec<Request> {
+    requests
+        .into_iter()
+        .map(|mut request| {
+            let foreign = request
+                .arch
+                .as_deref()
+                .is_some_and(|arch| !installed.iter().any(|package| package.arch == arch));
+            if foreign {
+                tracing::debug!(
+                    package = %request.name,
+                    arch = ?request.arch,
+                    "the image has no package of the reported architecture; matching by name"
+                );
+                request.arch = None;
+            }
+            request
+        })
+        .collect()
+}
+
 /// Reads the apt sources of the image, `sources.list` first as apt does.
 fn image_sources(rootfs: &RootfsIndex) -> Result<Vec<AptSource>, DebianError> {
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -885,6 +918,41 @@ mod tests {
 
     fn names(requests: &[Request]) -> Vec<&str> {
         requests.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    fn request(name: &str, arch: &str) -> Request {
+        Request {
+            name: name.to_owned(),
+            arch: Some(arch.to_owned()),
+            fixed: None,
+        }
+    }
+
+    #[test]
+    fn foreign_report_arch_matches_by_name() {
+        let image = [
+            installed("zlib1g", "1.0", &[("Architecture", "arm64")]),
+            installed("tzdata", "1.0", &[("Architecture", "all")]),
+        ];
+        let requests = vec![
+            request("zlib1g", "amd64"),
+            request("tzdata", "all"),
+            request("zlib1g", "arm64"),
+        ];
+        let matched = match_image_architectures(requests, &image);
+        assert_eq!(matched[0].arch, None);
+        assert_eq!(matched[1].arch.as_deref(), Some("all"));
+        assert_eq!(matched[2].arch.as_deref(), Some("arm64"));
+    }
+
+    #[test]
+    fn multiarch_image_keeps_report_arch() {
+        let image = [
+            installed("libc6", "1.0", &[("Architecture", "amd64")]),
+            installed("libc6", "1.0", &[("Architecture", "i386")]),
+        ];
+        let matched = match_image_architectures(vec![request("libc6", "i386")], &image);
+        assert_eq!(matched[0].arch.as_deref(), Some("i386"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::manifest::{ManifestJob, PatchContext, parse_descriptor};
 use super::reports::Reports;
 use super::{
-    Event, PatchError, PatchOutcome, PatchSettings, PatchStatus, Phase, PlatformOutcome,
+    Event, PatchError, PatchOutcome, PatchSettings, PatchStatus, Phase, PlatformOutcome, Reporter,
     converted_warning, push,
 };
 use crate::digest::Digest;
@@ -92,7 +92,17 @@ pub async fn patch_index(
                 });
             }
             let dir = work_dir.join(format!("platform-{position}"));
-            let job = context
+            let reporter = PlatformReporter {
+                inner: context.reporter,
+                platform,
+            };
+            let platform_context = PatchContext {
+                settings: context.settings,
+                source: context.source,
+                downloads: context.downloads,
+                reporter: &reporter,
+            };
+            let job = platform_context
                 .patch_manifest(&child, Some(platform.clone()), reports, &dir)
                 .await?;
             Ok::<_, PatchError>((*position, job))
@@ -153,6 +163,24 @@ pub async fn patch_index(
     outcome.status = PatchStatus::Patched;
     outcome.manifest_digest = Some(put.digest.to_string());
     Ok(outcome)
+}
+
+/// Forwards one platform's events, naming the platform in its warnings, because the
+/// platforms of an index share one reporter and their packages may differ.
+struct PlatformReporter<'a> {
+    inner: &'a dyn Reporter,
+    platform: &'a Platform,
+}
+
+impl Reporter for PlatformReporter<'_> {
+    fn event(&self, event: Event) {
+        match event {
+            Event::Warning(message) => self
+                .inner
+                .event(Event::Warning(format!("{}: {message}", self.platform))),
+            other => self.inner.event(other),
+        }
+    }
 }
 
 /// The platform of an image entry; `None` for attestations, entries without a platform

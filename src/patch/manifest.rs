@@ -347,7 +347,7 @@ fn amend(
 }
 
 /// Returns the platform an image config records.
-fn config_platform(config: &[u8]) -> Option<Platform> {
+pub(super) fn config_platform(config: &[u8]) -> Option<Platform> {
     let value: Value = serde_json::from_slice(config).ok()?;
     let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
     Some(Platform {

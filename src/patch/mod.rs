@@ -106,6 +106,15 @@ pub enum PatchError {
         available: String,
     },
     #[error(
+        "{source_image} is {platform} only; --platform {requested} matches nothing\n\
+         hint: drop --platform, or name the image's platform"
+    )]
+    SinglePlatformMismatch {
+        source_image: String,
+        platform: String,
+        requested: String,
+    },
+    #[error(
         "no report in {dir} is for {platform}; reports: {available}\n\
          hint: add a report with that platform's architecture, or limit the platforms \
          with --platform"
@@ -171,6 +180,7 @@ impl PatchError {
             | PatchError::Report(_)
             | PatchError::Platform(_)
             | PatchError::NoMatchingPlatform { .. }
+            | PatchError::SinglePlatformMismatch { .. }
             | PatchError::NoReportForPlatform { .. }
             | PatchError::NoOsRelease
             | PatchError::UnsupportedOs { .. }
@@ -272,6 +282,10 @@ async fn run(
         .await;
     }
 
+    if !platforms.is_empty() {
+        let image = context.read_image(&top).await?;
+        check_single_platform(&image.config_bytes, &platforms, &source_location)?;
+    }
     let job = context
         .patch_manifest(&top, None, reports.as_ref(), &work.path().join("image"))
         .await?;
@@ -293,6 +307,31 @@ async fn run(
     outcome.status = PatchStatus::Patched;
     outcome.manifest_digest = Some(put.digest.to_string());
     Ok(outcome)
+}
+
+/// Checks that `--platform` selects the only platform of an image that is not an index.
+/// The platform is read from the config's `os` and `architecture`, which the OCI image
+/// spec requires, and its optional `variant`. A config without them matches no request.
+fn check_single_platform(
+    config: &[u8],
+    requested: &[Platform],
+    source: &Location,
+) -> Result<(), PatchError> {
+    let platform = manifest::config_platform(config);
+    if let Some(platform) = &platform
+        && requested.iter().any(|want| want.matches(platform))
+    {
+        return Ok(());
+    }
+    Err(PatchError::SinglePlatformMismatch {
+        source_image: source.to_string(),
+        platform: platform.map_or_else(|| "unknown/unknown".to_owned(), |p| p.to_string()),
+        requested: requested
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }
 
 /// The warning for a Docker-typed manifest written into a layout or archive.
@@ -510,6 +549,36 @@ mod tests {
         assert!(check_report_os(&report_for("debian", "12.8"), &debian).is_ok());
         assert!(check_report_os(&report_for("ubuntu", "22.04"), &ubuntu).is_ok());
         assert!(ubuntu.is_like("debian"));
+    }
+
+    #[test]
+    fn single_platform_must_match() {
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let source = Location::parse("oci:/images/bookworm:latest").unwrap();
+        let amd64: Platform = "linux/amd64".parse().unwrap();
+        let arm64: Platform = "linux/arm64".parse().unwrap();
+        assert!(check_single_platform(config, std::slice::from_ref(&amd64), &source).is_ok());
+        assert!(check_single_platform(config, &[arm64.clone(), amd64], &source).is_ok());
+
+        let error = check_single_platform(config, &[arm64], &source).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("is linux/amd64 only"), "{message}");
+        assert!(
+            message.contains("--platform linux/arm64 matches nothing"),
+            "{message}"
+        );
+        assert!(error.is_user_error());
+    }
+
+    #[test]
+    fn config_without_platform_matches_nothing() {
+        let source = Location::parse("oci:/images/bookworm:latest").unwrap();
+        let amd64: Platform = "linux/amd64".parse().unwrap();
+        let error = check_single_platform(b"{}", &[amd64], &source).unwrap_err();
+        assert!(
+            error.to_string().contains("is unknown/unknown only"),
+            "{error}"
+        );
     }
 
     #[test]
