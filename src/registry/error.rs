@@ -159,6 +159,13 @@ pub enum RegistryError {
         requested: String,
         available: String,
     },
+    /// A transient failure that lasted through every retry the policy allows.
+    #[error("gave up after {attempts} attempts: {source}")]
+    RetriesExhausted {
+        attempts: u32,
+        #[source]
+        source: Box<RegistryError>,
+    },
     #[error("failed to {operation} {what} in {registry}/{repository}")]
     Request {
         registry: String,

@@ -13,6 +13,7 @@ pub mod auth;
 mod blob;
 mod error;
 mod platform;
+mod retry;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -32,10 +33,12 @@ use tokio::sync::Mutex;
 pub use blob::BlobReader;
 pub use error::RegistryError;
 pub use platform::{InvalidPlatform, Platform};
+pub use retry::{RetryPolicy, transient_cause};
 
 use self::auth::{AuthEnv, Credential};
-use self::blob::{CheckedStream, FailureSlot};
+use self::blob::{CheckedStream, FailureSlot, Reopen, Reopened};
 use self::error::{Context, classify};
+use self::retry::{Operation, with_retries};
 use crate::digest::Digest;
 use crate::image::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, ImageFamily, OCI_INDEX, OCI_MANIFEST};
 use crate::reference::Reference;
@@ -64,6 +67,8 @@ pub struct RegistryOptions {
     /// Limit for connecting and for each read; a whole transfer may take longer.
     pub timeout: Option<Duration>,
     pub auth_env: AuthEnv,
+    /// Retries of requests that failed for a transient reason.
+    pub retry: RetryPolicy,
 }
 
 /// A manifest or index exactly as the registry returned it.
@@ -122,6 +127,7 @@ pub struct RegistryClient {
     tls_registries: Vec<String>,
     auth_env: AuthEnv,
     credentials: Mutex<HashMap<String, RegistryAuth>>,
+    retry: RetryPolicy,
 }
 
 /// One prepared request target: the oci-client for its scheme and the converted reference.
@@ -165,6 +171,7 @@ impl RegistryClient {
             tls_registries: options.tls_registries,
             auth_env: options.auth_env,
             credentials: Mutex::new(HashMap::new()),
+            retry: options.retry,
         })
     }
 
@@ -187,11 +194,19 @@ impl RegistryClient {
             (Some(digest), _) => format!("manifest {digest}"),
             (None, tag) => format!("manifest for tag {:?}", tag.unwrap_or_default()),
         };
-        let (bytes, _) = target
-            .client
-            .pull_manifest_raw(&target.reference, &target.auth, &MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(|error| self.classify(error, reference, "pull", what))?;
+        let operation = Operation {
+            name: "fetch manifest",
+            registry: &reference.registry,
+            subject: &what,
+        };
+        let (bytes, _) = with_retries(&self.retry, operation, || async {
+            target
+                .client
+                .pull_manifest_raw(&target.reference, &target.auth, &MANIFEST_MEDIA_TYPES)
+                .await
+                .map_err(|error| self.classify(error, reference, "pull", what.clone()))
+        })
+        .await?;
 
         let digest = Digest::of(&bytes);
         if let Some(expected) = &reference.digest
@@ -304,11 +319,19 @@ impl RegistryClient {
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
         let target = self.target(reference).await?;
-        target
-            .client
-            .blob_exists(&target.reference, digest.as_str())
-            .await
-            .map_err(|error| self.classify(error, reference, "check", format!("blob {digest}")))
+        let operation = Operation {
+            name: "check blob",
+            registry: &reference.registry,
+            subject: digest,
+        };
+        with_retries(&self.retry, operation, || async {
+            target
+                .client
+                .blob_exists(&target.reference, digest.as_str())
+                .await
+                .map_err(|error| self.classify(error, reference, "check", format!("blob {digest}")))
+        })
+        .await
     }
 
     /// Uploads a file as a blob, streaming it, unless the repository already has the blob.
@@ -323,6 +346,26 @@ impl RegistryClient {
             tracing::debug!(target = %target_ref, %digest, "blob already present, skipping upload");
             return Ok(BlobPush::AlreadyPresent);
         }
+        let operation = Operation {
+            name: "push blob",
+            registry: &target_ref.registry,
+            subject: digest,
+        };
+        // Each try opens the file again, so the upload restarts from its first byte.
+        with_retries(&self.retry, operation, || {
+            self.upload_file(target_ref, path, digest, size)
+        })
+        .await?;
+        Ok(BlobPush::Uploaded)
+    }
+
+    async fn upload_file(
+        &self,
+        target_ref: &Reference,
+        path: &Path,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
         let file_error = |source| RegistryError::BlobFile {
             path: path.to_owned(),
             digest: digest.clone(),
@@ -346,8 +389,7 @@ impl RegistryClient {
             ))
         });
         tracing::debug!(target = %target_ref, %digest, size, path = %path.display(), "uploading blob");
-        self.push_stream(target_ref, stream, digest, size).await?;
-        Ok(BlobPush::Uploaded)
+        self.push_stream(target_ref, stream, digest, size).await
     }
 
     /// Copies a blob between repositories: nothing when the target has it, a cross-repository
@@ -383,6 +425,27 @@ impl RegistryClient {
                 }
             }
         }
+        let operation = Operation {
+            name: "copy blob",
+            registry: &to.registry,
+            subject: digest,
+        };
+        // A failed upload restarts the download too, because the body stream is spent.
+        with_retries(&self.retry, operation, || {
+            self.stream_blob(from, to, digest, size)
+        })
+        .await?;
+        Ok(BlobCopy::Streamed)
+    }
+
+    /// Streams a blob from one repository into another through this process.
+    async fn stream_blob(
+        &self,
+        from: &Reference,
+        to: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
         tracing::debug!(from = %from, to = %to, %digest, size, "streaming blob");
         let failure = FailureSlot::default();
         let stream = self
@@ -396,7 +459,7 @@ impl RegistryClient {
             .expect("no code panics while holding the failure slot")
             .take();
         match (pushed, download_failure) {
-            (Ok(()), _) => Ok(BlobCopy::Streamed),
+            (Ok(()), _) => Ok(()),
             // A failed download aborts the upload; its own error is the one to report.
             (Err(_), Some(download)) => Err(download),
             // The upload can complete before the download reaches its digest check, and
@@ -427,13 +490,21 @@ impl RegistryClient {
             }
         })?;
         let target = self.target(target_ref).await?;
-        target
-            .client
-            .push_manifest_raw(&target.reference, bytes.to_vec(), content_type)
-            .await
-            .map_err(|error| {
-                self.classify(error, target_ref, "push", format!("manifest {digest}"))
-            })?;
+        let operation = Operation {
+            name: "push manifest",
+            registry: &target_ref.registry,
+            subject: &digest,
+        };
+        with_retries(&self.retry, operation, || async {
+            target
+                .client
+                .push_manifest_raw(&target.reference, bytes.to_vec(), content_type.clone())
+                .await
+                .map_err(|error| {
+                    self.classify(error, target_ref, "push", format!("manifest {digest}"))
+                })
+        })
+        .await?;
         tracing::debug!(target = %target_ref, %digest, media_type, "pushed manifest");
         Ok(digest)
     }
@@ -445,11 +516,19 @@ impl RegistryClient {
         size: u64,
     ) -> Result<CheckedStream, RegistryError> {
         let target = self.target(reference).await?;
-        let sized = target
-            .client
-            .pull_blob_stream(&target.reference, digest.as_str())
-            .await
-            .map_err(|error| self.classify(error, reference, "pull", format!("blob {digest}")))?;
+        let operation = Operation {
+            name: "read blob",
+            registry: &reference.registry,
+            subject: digest,
+        };
+        let sized = with_retries(&self.retry, operation, || async {
+            target
+                .client
+                .pull_blob_stream(&target.reference, digest.as_str())
+                .await
+                .map_err(|error| self.classify(error, reference, "pull", format!("blob {digest}")))
+        })
+        .await?;
         if sized.content_length.is_some_and(|length| length > size) {
             return Err(RegistryError::SizeExceeded {
                 registry: reference.registry.clone(),
@@ -458,13 +537,15 @@ impl RegistryClient {
                 expected: size,
             });
         }
+        let reopen = reopen_blob(target.client.clone(), reference, target.reference, digest);
         Ok(CheckedStream::new(
             sized.stream,
             &reference.registry,
             &reference.repository,
             digest,
             size,
-        ))
+        )
+        .with_resume(reopen, &self.retry))
     }
 
     async fn push_stream<S>(
@@ -561,6 +642,47 @@ impl RegistryClient {
             },
         )
     }
+}
+
+/// Returns the function a [`CheckedStream`] calls to request the rest of a blob.
+fn reopen_blob(
+    client: Client,
+    reference: &Reference,
+    oci: oci_client::Reference,
+    digest: &Digest,
+) -> Reopen {
+    let registry = reference.registry.clone();
+    let repository = reference.repository.clone();
+    let digest = digest.clone();
+    std::sync::Arc::new(move |offset| {
+        let client = client.clone();
+        let oci = oci.clone();
+        let registry = registry.clone();
+        let repository = repository.clone();
+        let digest = digest.clone();
+        Box::pin(async move {
+            let response = client
+                .pull_blob_stream_partial(&oci, digest.as_str(), offset, None)
+                .await
+                .map_err(|error| {
+                    classify(
+                        error,
+                        Context {
+                            registry: &registry,
+                            repository: &repository,
+                            operation: "pull",
+                            what: format!("blob {digest} from byte {offset}"),
+                        },
+                    )
+                })?;
+            Ok(match response {
+                oci_client::client::BlobResponse::Partial(sized) => {
+                    Reopened::FromOffset(sized.stream)
+                }
+                oci_client::client::BlobResponse::Full(sized) => Reopened::FromStart(sized.stream),
+            })
+        })
+    })
 }
 
 /// Converts a reference to oci-client's form, addressed to the API host.
