@@ -11,6 +11,7 @@
 
 pub mod auth;
 mod blob;
+mod confirm;
 mod error;
 mod platform;
 mod retry;
@@ -475,7 +476,8 @@ impl RegistryClient {
     }
 
     /// Pushes manifest bytes unchanged under the reference's tag (or digest) and returns
-    /// their digest.
+    /// their digest. An image manifest is pushed only after a check that the repository
+    /// has every blob it references.
     pub async fn push_manifest(
         &self,
         target_ref: &Reference,
@@ -489,6 +491,7 @@ impl RegistryClient {
                 media_type: media_type.to_owned(),
             }
         })?;
+        self.confirm_blobs(target_ref, bytes, media_type).await?;
         let target = self.target(target_ref).await?;
         let operation = Operation {
             name: "push manifest",
