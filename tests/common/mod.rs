@@ -8,6 +8,7 @@
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod http;
 pub mod tree;
 
