@@ -331,7 +331,7 @@ fn failing_uploads_leave_no_tag() {
         "stderr must name the failed upload\n{outcome}"
     );
     assert!(proxy.fired(0) >= 5, "PUT failed {} times", proxy.fired(0));
-    // Asked of the registry directly, not through the proxy.
+    // Checked on the registry directly, not through the proxy.
     assert!(
         registry.manifest(REPOSITORY, "failed").is_none(),
         "a failed run must leave no manifest under the tag\n{outcome}"

@@ -20,7 +20,7 @@ use crate::digest::{Digest, Hasher};
 /// A body stream of a blob response.
 pub(crate) type BodyStream = BoxStream<'static, io::Result<Bytes>>;
 
-/// The answer to a request for the rest of a blob.
+/// The response to a request for the rest of a blob.
 pub(crate) enum Reopened {
     /// The registry honoured the `Range` request: the body starts at the requested offset.
     FromOffset(BodyStream),
@@ -37,8 +37,8 @@ pub(crate) type Reopen =
 /// The stream hashes every byte it yields and compares the digest at the end, fails as
 /// soon as more than `size` bytes arrive, and fails at the end when fewer did. When the
 /// connection breaks or the body ends early, it requests the rest with an HTTP `Range`
-/// from the first byte not yet received, and skips that many bytes when the registry
-/// sends the whole blob again, so the digest still covers every byte exactly once.
+/// from the first byte not yet received. When the registry sends the whole blob again,
+/// the stream skips the bytes it already has, so the digest covers every byte once.
 /// Every error is an `io::Error` whose inner error is a [`RegistryError`].
 pub(crate) struct CheckedStream {
     inner: Option<BodyStream>,
@@ -53,7 +53,7 @@ pub(crate) struct CheckedStream {
     resume: Option<Resume>,
 }
 
-/// What a [`CheckedStream`] needs to resume.
+/// The state a [`CheckedStream`] keeps to resume.
 struct Resume {
     reopen: Reopen,
     policy: RetryPolicy,
@@ -171,7 +171,7 @@ impl CheckedStream {
         None
     }
 
-    /// Checks the end of the blob: all bytes there and their digest right.
+    /// Checks at the end of a body that every byte arrived and that the digest matches.
     fn finish(&mut self) -> Option<Poll<Option<io::Result<Bytes>>>> {
         if self.received < self.size {
             let error = self.truncated();
@@ -263,7 +263,7 @@ impl Stream for CheckedStream {
                         .get_ref()
                         .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>());
                     if digest_error {
-                        // oci-client checks the digest of a whole-blob response itself; this
+                        // oci-client checks the digest of a whole-blob response itself. This
                         // stream's own hash decides, because it also covers resumed parts.
                         this.finish()
                     } else {
@@ -365,7 +365,7 @@ mod tests {
         );
     }
 
-    /// A stream that yields `chunks` and then fails as a broken connection does.
+    /// Returns a stream that yields `chunks` and then fails like a broken connection.
     fn broken(chunks: &[&'static [u8]]) -> BodyStream {
         let mut items: Vec<io::Result<Bytes>> =
             chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
@@ -391,7 +391,7 @@ mod tests {
         }
     }
 
-    /// Returns a reopen function that records each offset and answers with `answer`.
+    /// Returns a reopen function that records each offset and returns `answer(offset)`.
     fn recording_reopen(
         offsets: Arc<Mutex<Vec<u64>>>,
         answer: fn(u64) -> Result<Reopened, RegistryError>,

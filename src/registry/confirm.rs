@@ -1,5 +1,5 @@
-//! The check that every blob an image manifest references is in the destination before
-//! the manifest goes up, so a failed run never leaves a tag on an incomplete image.
+//! The check that the destination has every blob an image manifest references before the
+//! manifest is pushed, so a failed upload never leaves a tag on an incomplete image.
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
@@ -13,7 +13,7 @@ const PARALLEL_CHECKS: usize = 4;
 impl RegistryClient {
     /// Checks that the repository of `target_ref` has the config and every layer of the
     /// image manifest `bytes`. An index is not checked, because its entries are manifests,
-    /// which the registry itself checks when they are pushed.
+    /// not blobs.
     pub(super) async fn confirm_blobs(
         &self,
         target_ref: &Reference,

@@ -3,7 +3,10 @@
 //! A request is retried on 429, 500, 502, 503 and 504, on a connection that could not be
 //! opened or broke, on a timeout and on a body cut short. Every other failure, such as
 //! 400, 401, 403, 404 or a digest mismatch, is returned at once, because sending the same
-//! request again gives the same answer.
+//! request again returns the same result.
+//!
+//! NOTE: oci-client 0.18 keeps no response headers in its errors, so a `Retry-After` on
+//! 429 or 503 is not honoured and the normal backoff applies.
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -20,7 +23,7 @@ use super::RegistryError;
 /// retry in step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Maximum number of tries, the first one included; 1 disables retries.
+    /// Maximum number of tries, the first one included. 1 disables retries.
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
@@ -67,7 +70,7 @@ impl RetryPolicy {
 pub(crate) struct Attempts {
     policy: RetryPolicy,
     /// Tries made so far.
-    made: u32,
+    tries: u32,
     first_failure: Option<Instant>,
 }
 
@@ -75,7 +78,7 @@ impl Attempts {
     pub(crate) fn new(policy: &RetryPolicy) -> Self {
         Attempts {
             policy: policy.clone(),
-            made: 1,
+            tries: 1,
             first_failure: None,
         }
     }
@@ -85,30 +88,30 @@ impl Attempts {
     pub(crate) fn next_delay(&mut self, error: &RegistryError) -> Option<Duration> {
         transient_cause(error)?;
         let first_failure = *self.first_failure.get_or_insert_with(Instant::now);
-        if self.made >= self.policy.max_attempts {
+        if self.tries >= self.policy.max_attempts {
             return None;
         }
-        let delay = self.policy.delay_before(self.made);
+        let delay = self.policy.delay_before(self.tries);
         if first_failure.elapsed() + delay > self.policy.max_elapsed {
             return None;
         }
-        self.made += 1;
+        self.tries += 1;
         Some(delay)
     }
 
     /// Tries made so far.
-    pub(crate) fn made(&self) -> u32 {
-        self.made
+    pub(crate) fn tries(&self) -> u32 {
+        self.tries
     }
 
     /// Wraps the final error of an operation that was retried; a first failure is
     /// returned unchanged.
     pub(crate) fn give_up(&self, error: RegistryError) -> RegistryError {
-        if self.made <= 1 {
+        if self.tries <= 1 {
             return error;
         }
         RegistryError::RetriesExhausted {
-            attempts: self.made,
+            attempts: self.tries,
             source: Box::new(error),
         }
     }
@@ -117,7 +120,7 @@ impl Attempts {
 /// The operation a retry log line names.
 #[derive(Clone, Copy)]
 pub(crate) struct Operation<'a> {
-    /// What is done, such as "push blob".
+    /// Name of the operation, such as "push blob".
     pub name: &'static str,
     pub registry: &'a str,
     /// The manifest, tag or digest the operation is about.
@@ -157,7 +160,7 @@ pub(crate) fn log_retry(
     error: &RegistryError,
 ) {
     tracing::warn!(
-        attempt = attempts.made(),
+        attempt = attempts.tries(),
         max_attempts = attempts.policy.max_attempts,
         operation = operation.name,
         subject = %operation.subject,
@@ -184,7 +187,7 @@ pub fn transient_cause(error: &RegistryError) -> Option<&'static str> {
 fn transient_oci_cause(error: &OciDistributionError) -> Option<&'static str> {
     match error {
         OciDistributionError::ServerError { code, .. } => transient_status(*code),
-        // oci-client parses the body of a 4xx answer into an envelope and drops the
+        // oci-client parses the body of a 4xx response into an envelope and drops the
         // status, so a 429 with an OCI error body is recognized by its error code.
         OciDistributionError::RegistryError { envelope, .. } => envelope
             .errors
@@ -384,7 +387,7 @@ mod tests {
         assert!(attempts.next_delay(&error).is_some());
         assert!(attempts.next_delay(&error).is_some());
         assert!(attempts.next_delay(&error).is_none());
-        assert_eq!(attempts.made(), 3);
+        assert_eq!(attempts.tries(), 3);
         let given_up = attempts.give_up(error);
         assert!(
             matches!(
@@ -403,7 +406,7 @@ mod tests {
         short.max_elapsed = Duration::from_millis(10);
         let mut attempts = Attempts::new(&short);
         assert!(attempts.next_delay(&server_error(503)).is_none());
-        assert_eq!(attempts.made(), 1);
+        assert_eq!(attempts.tries(), 1);
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub enum When {
 /// What a [`Rule`] does to a request.
 #[derive(Clone, Copy, Debug)]
 pub enum Action {
-    /// Answers with `status` without forwarding; 429 carries an OCI `TOOMANYREQUESTS`
+    /// Responds with `status` without forwarding. A 429 carries an OCI `TOOMANYREQUESTS`
     /// error body, other statuses a plain text body.
     Status {
         status: u16,
@@ -58,7 +58,7 @@ impl Rule {
         }
     }
 
-    /// A 429 answer with `Retry-After: seconds`.
+    /// Returns a rule that responds with 429 and `Retry-After: seconds`.
     pub fn too_many_requests(method: &str, path: &str, when: When, seconds: u32) -> Rule {
         Rule {
             method: method.to_owned(),
@@ -160,7 +160,7 @@ impl FaultProxy {
         format!("{}/{repository_and_tag}", self.host())
     }
 
-    /// How often rule `index` (in the order given) was applied.
+    /// Returns how often rule `index` (in the order given) was applied.
     pub fn fired(&self, index: usize) -> usize {
         self.shared.rules.lock().unwrap()[index].fired
     }
@@ -185,7 +185,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) 
         match listener.accept() {
             Ok((client, _)) => {
                 let shared = shared.clone();
-                // Connection threads end when either side closes; they are not joined,
+                // Connection threads end when either side closes. They are not joined,
                 // because a client may keep an idle connection open past the test.
                 std::thread::spawn(move || {
                     let _ = handle(client, &shared);
@@ -263,6 +263,7 @@ fn read_head(client: &mut TcpStream) -> io::Result<Option<RequestHead>> {
         }
         buffer.extend_from_slice(&chunk[..read]);
     };
+
     let text = String::from_utf8_lossy(&buffer[..end]).into_owned();
     let rest = buffer[end + 4..].to_vec();
     let mut lines = text.split("\r\n").map(str::to_owned);
@@ -271,6 +272,7 @@ fn read_head(client: &mut TcpStream) -> io::Result<Option<RequestHead>> {
     let method = parts.next().unwrap_or_default().to_owned();
     let path = parts.next().unwrap_or_default().to_owned();
     let lines: Vec<String> = lines.collect();
+
     let header = |name: &str| {
         lines.iter().find_map(|line| {
             let (key, value) = line.split_once(':')?;
@@ -296,7 +298,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
-/// Reads and drops the request body, so the client sees the answer and not a reset.
+/// Reads and drops the request body, so the client sees the response and not a reset.
 fn discard_body(client: &mut TcpStream, head: &RequestHead) -> io::Result<()> {
     let mut chunk = [0u8; 65536];
     if let Some(length) = head.content_length {
