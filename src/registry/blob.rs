@@ -36,7 +36,7 @@ pub(crate) type Reopen =
 ///
 /// The stream hashes every byte it yields and compares the digest at the end, fails as
 /// soon as more than `size` bytes arrive, and fails at the end when fewer did. When the
-/// connection breaks or the body ends early, it requests the rest with an HTTP `Range`
+/// connection breaks, it requests the rest with an HTTP `Range`
 /// from the first byte not yet received. When the registry sends the whole blob again,
 /// the stream skips the bytes it already has, so the digest covers every byte once.
 /// Every error is an `io::Error` whose inner error is a [`RegistryError`].
@@ -172,10 +172,14 @@ impl CheckedStream {
     }
 
     /// Checks at the end of a body that every byte arrived and that the digest matches.
+    ///
+    /// A body that ends cleanly but short is not resumed: hyper reports a connection
+    /// closed before `Content-Length` bytes as an error, so a clean end means the blob is
+    /// shorter than its descriptor states.
     fn finish(&mut self) -> Option<Poll<Option<io::Result<Bytes>>>> {
         if self.received < self.size {
             let error = self.truncated();
-            return self.resume_or_fail(error);
+            return Some(self.fail(error));
         }
         let actual = self.hasher.take().map(Hasher::finish);
         if actual.as_ref() != Some(&self.digest) {
