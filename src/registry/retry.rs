@@ -234,12 +234,13 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Returns a random number for jitter. `RandomState` seeds each instance from the
-/// operating system's random source, which is enough to spread retries apart.
+/// Returns a random number for jitter. The standard library seeds `RandomState` keys from
+/// the operating system's random source once per thread and changes them for each new
+/// instance, which is enough to spread retries apart.
 fn random_u64() -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos());
-    hasher.finish()
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 #[cfg(test)]
