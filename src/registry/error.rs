@@ -230,6 +230,22 @@ pub enum RegistryError {
         requested: String,
         available: String,
     },
+    #[error(
+        "blob {digest} is missing from {registry}/{repository} after its upload, so the \
+         manifest was not pushed\nhint: run again; if it persists, the registry loses uploads"
+    )]
+    BlobMissing {
+        registry: String,
+        repository: String,
+        digest: Digest,
+    },
+    /// A transient failure that lasted through every retry the policy allows.
+    #[error("gave up after {attempts} attempts: {source}")]
+    RetriesExhausted {
+        attempts: u32,
+        #[source]
+        source: Box<RegistryError>,
+    },
     #[error("failed to {operation} {what} in {registry}/{repository}")]
     Request {
         registry: String,

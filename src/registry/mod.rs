@@ -17,8 +17,10 @@
 
 pub mod auth;
 mod blob;
+mod confirm;
 mod error;
 mod platform;
+mod retry;
 mod token;
 
 use std::collections::HashMap;
@@ -41,10 +43,12 @@ use tokio::sync::Mutex;
 pub use blob::BlobReader;
 pub use error::RegistryError;
 pub use platform::{InvalidPlatform, Platform};
+pub use retry::{RetryPolicy, transient_cause};
 
 use self::auth::{AuthEnv, Credential};
-use self::blob::{CheckedStream, FailureSlot};
+use self::blob::{CheckedStream, FailureSlot, Reopen, Reopened};
 use self::error::{Context, classify, is_plain_http_reply};
+use self::retry::{Operation, with_retries};
 use self::token::{Challenge, TokenCache, TokenRequest};
 use crate::digest::Digest;
 use crate::image::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, ImageFamily, OCI_INDEX, OCI_MANIFEST};
@@ -75,6 +79,8 @@ pub struct RegistryOptions {
     /// Limit for connecting and for each read; a whole transfer may take longer.
     pub timeout: Option<Duration>,
     pub auth_env: AuthEnv,
+    /// Retries of requests that failed for a transient reason.
+    pub retry: RetryPolicy,
 }
 
 /// A manifest or index exactly as the registry returned it.
@@ -138,6 +144,7 @@ pub struct RegistryClient {
     /// Held while a host is probed, so concurrent tasks probe each host once.
     probe_lock: Mutex<()>,
     tokens: TokenCache,
+    retry: RetryPolicy,
 }
 
 /// The transport and auth challenge found by the first `GET /v2/` to a registry host, and
@@ -235,6 +242,7 @@ impl RegistryClient {
             hosts: std::sync::Mutex::new(HashMap::new()),
             probe_lock: Mutex::new(()),
             tokens: TokenCache::default(),
+            retry: options.retry,
         })
     }
 
@@ -258,11 +266,19 @@ impl RegistryClient {
             (Some(digest), _) => format!("manifest {digest}"),
             (None, tag) => format!("manifest for tag {:?}", tag.unwrap_or_default()),
         };
-        let (bytes, _) = target
-            .client
-            .pull_manifest_raw(&target.reference, &target.auth, &MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(|error| self.classify(error, reference, "pull", what))?;
+        let operation = Operation {
+            name: "fetch manifest",
+            registry: &reference.registry,
+            subject: &what,
+        };
+        let (bytes, _) = with_retries(&self.retry, operation, || async {
+            target
+                .client
+                .pull_manifest_raw(&target.reference, &target.auth, &MANIFEST_MEDIA_TYPES)
+                .await
+                .map_err(|error| self.classify(error, reference, "pull", what.clone()))
+        })
+        .await?;
 
         let digest = Digest::of(&bytes);
         if let Some(expected) = &reference.digest
@@ -375,11 +391,19 @@ impl RegistryClient {
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
         let target = self.target(reference, Access::Pull).await?;
-        target
-            .client
-            .blob_exists(&target.reference, digest.as_str())
-            .await
-            .map_err(|error| self.classify(error, reference, "check", format!("blob {digest}")))
+        let operation = Operation {
+            name: "check blob",
+            registry: &reference.registry,
+            subject: digest,
+        };
+        with_retries(&self.retry, operation, || async {
+            target
+                .client
+                .blob_exists(&target.reference, digest.as_str())
+                .await
+                .map_err(|error| self.classify(error, reference, "check", format!("blob {digest}")))
+        })
+        .await
     }
 
     /// Uploads a file as a blob, streaming it, unless the repository already has the blob.
@@ -394,6 +418,26 @@ impl RegistryClient {
             tracing::debug!(target = %target_ref, %digest, "blob already present, skipping upload");
             return Ok(BlobPush::AlreadyPresent);
         }
+        let operation = Operation {
+            name: "push blob",
+            registry: &target_ref.registry,
+            subject: digest,
+        };
+        // Each try opens the file again, so the upload restarts from its first byte.
+        with_retries(&self.retry, operation, || {
+            self.upload_file(target_ref, path, digest, size)
+        })
+        .await?;
+        Ok(BlobPush::Uploaded)
+    }
+
+    async fn upload_file(
+        &self,
+        target_ref: &Reference,
+        path: &Path,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
         let file_error = |source| RegistryError::BlobFile {
             path: path.to_owned(),
             digest: digest.clone(),
@@ -417,8 +461,7 @@ impl RegistryClient {
             ))
         });
         tracing::debug!(target = %target_ref, %digest, size, path = %path.display(), "uploading blob");
-        self.push_stream(target_ref, stream, digest, size).await?;
-        Ok(BlobPush::Uploaded)
+        self.push_stream(target_ref, stream, digest, size).await
     }
 
     /// Copies a blob between repositories: nothing when the target has it, a cross-repository
@@ -454,6 +497,27 @@ impl RegistryClient {
                 }
             }
         }
+        let operation = Operation {
+            name: "copy blob",
+            registry: &to.registry,
+            subject: digest,
+        };
+        // A failed upload restarts the download too, because the body stream is spent.
+        with_retries(&self.retry, operation, || {
+            self.stream_blob(from, to, digest, size)
+        })
+        .await?;
+        Ok(BlobCopy::Streamed)
+    }
+
+    /// Streams a blob from one repository into another through this process.
+    async fn stream_blob(
+        &self,
+        from: &Reference,
+        to: &Reference,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
         tracing::debug!(from = %from, to = %to, %digest, size, "streaming blob");
         let failure = FailureSlot::default();
         let stream = self
@@ -467,7 +531,7 @@ impl RegistryClient {
             .expect("no code panics while holding the failure slot")
             .take();
         match (pushed, download_failure) {
-            (Ok(()), _) => Ok(BlobCopy::Streamed),
+            (Ok(()), _) => Ok(()),
             // A failed download aborts the upload; its own error is the one to report.
             (Err(_), Some(download)) => Err(download),
             // The upload can complete before the download reaches its digest check, and
@@ -483,7 +547,8 @@ impl RegistryClient {
     }
 
     /// Pushes manifest bytes unchanged under the reference's tag (or digest) and returns
-    /// their digest.
+    /// their digest. An image manifest is pushed only after a check that the repository
+    /// has every blob it references.
     pub async fn push_manifest(
         &self,
         target_ref: &Reference,
@@ -497,14 +562,23 @@ impl RegistryClient {
                 media_type: media_type.to_owned(),
             }
         })?;
+        self.confirm_blobs(target_ref, bytes, media_type).await?;
         let target = self.target(target_ref, Access::Push).await?;
-        target
-            .client
-            .push_manifest_raw(&target.reference, bytes.to_vec(), content_type)
-            .await
-            .map_err(|error| {
-                self.classify(error, target_ref, "push", format!("manifest {digest}"))
-            })?;
+        let operation = Operation {
+            name: "push manifest",
+            registry: &target_ref.registry,
+            subject: &digest,
+        };
+        with_retries(&self.retry, operation, || async {
+            target
+                .client
+                .push_manifest_raw(&target.reference, bytes.to_vec(), content_type.clone())
+                .await
+                .map_err(|error| {
+                    self.classify(error, target_ref, "push", format!("manifest {digest}"))
+                })
+        })
+        .await?;
         tracing::debug!(target = %target_ref, %digest, media_type, "pushed manifest");
         Ok(digest)
     }
@@ -516,11 +590,19 @@ impl RegistryClient {
         size: u64,
     ) -> Result<CheckedStream, RegistryError> {
         let target = self.target(reference, Access::Pull).await?;
-        let sized = target
-            .client
-            .pull_blob_stream(&target.reference, digest.as_str())
-            .await
-            .map_err(|error| self.classify(error, reference, "pull", format!("blob {digest}")))?;
+        let operation = Operation {
+            name: "read blob",
+            registry: &reference.registry,
+            subject: digest,
+        };
+        let sized = with_retries(&self.retry, operation, || async {
+            target
+                .client
+                .pull_blob_stream(&target.reference, digest.as_str())
+                .await
+                .map_err(|error| self.classify(error, reference, "pull", format!("blob {digest}")))
+        })
+        .await?;
         if sized.content_length.is_some_and(|length| length > size) {
             return Err(RegistryError::SizeExceeded {
                 registry: reference.registry.clone(),
@@ -529,13 +611,15 @@ impl RegistryClient {
                 expected: size,
             });
         }
+        let reopen = reopen_blob(target.client.clone(), reference, target.reference, digest);
         Ok(CheckedStream::new(
             sized.stream,
             &reference.registry,
             &reference.repository,
             digest,
             size,
-        ))
+        )
+        .with_resume(reopen, &self.retry))
     }
 
     async fn push_stream<S>(
@@ -780,6 +864,47 @@ impl RegistryClient {
             other => other,
         }
     }
+}
+
+/// Returns the function a [`CheckedStream`] calls to request the rest of a blob.
+fn reopen_blob(
+    client: Client,
+    reference: &Reference,
+    oci: oci_client::Reference,
+    digest: &Digest,
+) -> Reopen {
+    let registry = reference.registry.clone();
+    let repository = reference.repository.clone();
+    let digest = digest.clone();
+    std::sync::Arc::new(move |offset| {
+        let client = client.clone();
+        let oci = oci.clone();
+        let registry = registry.clone();
+        let repository = repository.clone();
+        let digest = digest.clone();
+        Box::pin(async move {
+            let response = client
+                .pull_blob_stream_partial(&oci, digest.as_str(), offset, None)
+                .await
+                .map_err(|error| {
+                    classify(
+                        error,
+                        Context {
+                            registry: &registry,
+                            repository: &repository,
+                            operation: "pull",
+                            what: format!("blob {digest} from byte {offset}"),
+                        },
+                    )
+                })?;
+            Ok(match response {
+                oci_client::client::BlobResponse::Partial(sized) => {
+                    Reopened::FromOffset(sized.stream)
+                }
+                oci_client::client::BlobResponse::Full(sized) => Reopened::FromStart(sized.stream),
+            })
+        })
+    })
 }
 
 /// Converts a reference to oci-client's form, addressed to the API host.

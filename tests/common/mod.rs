@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod auth;
+pub mod fault_proxy;
 pub mod http;
 pub mod tree;
 
