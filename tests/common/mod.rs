@@ -8,6 +8,7 @@
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
 
+pub mod dockerd;
 pub mod http;
 pub mod tree;
 
@@ -30,6 +31,7 @@ const LAYERMEND_TIMEOUT: Duration = Duration::from_secs(900);
 /// Debian package that provides each external tool, for the failure message.
 const TOOL_PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
+    ("dockerd", "docker.io"),
     ("skopeo", "skopeo"),
     ("umoci", "umoci"),
     ("htpasswd", "apache2-utils"),
