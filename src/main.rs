@@ -315,7 +315,9 @@ fn settings_from_args(
 /// `buildkit` or `auto` without an address use the local engine.
 fn backend(args: &PatchArgs) -> anyhow::Result<Backend> {
     let endpoint = || -> anyhow::Result<Endpoint> {
-        Ok(Endpoint::parse(args.buildkit.as_deref().unwrap_or("docker://"))?)
+        Ok(Endpoint::parse(
+            args.buildkit.as_deref().unwrap_or("docker://"),
+        )?)
     };
     Ok(match (args.backend, &args.buildkit) {
         (Some(BackendFlag::Inprocess), Some(_)) => {

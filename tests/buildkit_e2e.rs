@@ -41,8 +41,15 @@ fn path_str(path: &Path) -> &str {
 
 /// Returns `dpkg-query -W` of the root filesystem: one `name version` line per package.
 fn package_versions(rootfs: &Path) -> BTreeMap<String, String> {
-    let output = chroot(rootfs, &["dpkg-query", "-W", "-f", "${Package} ${Version}\\n"]);
-    assert!(output.status.success(), "dpkg-query in {}", rootfs.display());
+    let output = chroot(
+        rootfs,
+        &["dpkg-query", "-W", "-f", "${Package} ${Version}\\n"],
+    );
+    assert!(
+        output.status.success(),
+        "dpkg-query in {}",
+        rootfs.display()
+    );
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.split_once(' '))
@@ -80,10 +87,21 @@ fn buildkit_patch_matches_inprocess() {
     let report = path_str(&security.report);
 
     let inprocess = layermend(&["patch", "-i", &source, "-r", report, "-t", "inprocess"]);
-    assert_eq!(inprocess.code, 0, "in-process patch must succeed\n{inprocess}");
+    assert_eq!(
+        inprocess.code, 0,
+        "in-process patch must succeed\n{inprocess}"
+    );
     let address = dockerd.address();
     let buildkit = layermend(&[
-        "patch", "-i", &source, "-r", report, "-t", "buildkit", "--buildkit", &address,
+        "patch",
+        "-i",
+        &source,
+        "-r",
+        report,
+        "-t",
+        "buildkit",
+        "--buildkit",
+        &address,
     ]);
     assert_eq!(buildkit.code, 0, "BuildKit patch must succeed\n{buildkit}");
     for update in &security.updates {
@@ -99,7 +117,10 @@ fn buildkit_patch_matches_inprocess() {
     let patched = registry.manifest(REPOSITORY, "buildkit").unwrap();
     let reference = registry.manifest(REPOSITORY, "inprocess").unwrap();
     assert_eq!(patched.layers().len(), original.layers().len() + 1);
-    assert_eq!(&patched.layers()[..original.layers().len()], original.layers());
+    assert_eq!(
+        &patched.layers()[..original.layers().len()],
+        original.layers()
+    );
     assert_eq!(patched.media_type(), reference.media_type());
 
     // Config: one history entry and one diff_id more, the patch label with the same
@@ -132,7 +153,10 @@ fn buildkit_patch_matches_inprocess() {
     let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
     assert_eq!(
         diff_ids.len(),
-        reference_config["rootfs"]["diff_ids"].as_array().unwrap().len()
+        reference_config["rootfs"]["diff_ids"]
+            .as_array()
+            .unwrap()
+            .len()
     );
 
     // The temporary images are gone from the engine.
@@ -145,8 +169,16 @@ fn buildkit_patch_matches_inprocess() {
     );
 
     let bundles = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    umoci_unpack(&registry, &format!("{REPOSITORY}:buildkit"), bundles.0.path());
-    umoci_unpack(&registry, &format!("{REPOSITORY}:inprocess"), bundles.1.path());
+    umoci_unpack(
+        &registry,
+        &format!("{REPOSITORY}:buildkit"),
+        bundles.0.path(),
+    );
+    umoci_unpack(
+        &registry,
+        &format!("{REPOSITORY}:inprocess"),
+        bundles.1.path(),
+    );
     let (built_root, reference_root) = (
         bundles.0.path().join("rootfs"),
         bundles.1.path().join("rootfs"),
@@ -154,7 +186,12 @@ fn buildkit_patch_matches_inprocess() {
     let versions = package_versions(&built_root);
     assert_eq!(versions, package_versions(&reference_root), "dpkg-query -W");
     for update in &security.updates {
-        assert_eq!(versions.get(&update.name), Some(&update.fixed), "{}", update.name);
+        assert_eq!(
+            versions.get(&update.name),
+            Some(&update.fixed),
+            "{}",
+            update.name
+        );
     }
 
     // Every file the in-process layer wrote, apart from dpkg state, is the same in the
@@ -204,6 +241,90 @@ fn buildkit_patch_matches_inprocess() {
 }
 
 #[test]
+fn auto_backend_switches_for_scripts() {
+    let security = security_fixture();
+    let registry = registry_with_fixture();
+    let dockerd = Dockerd::start();
+    let source = registry.image(&format!("{REPOSITORY}:{SOURCE_TAG}"));
+    let address = dockerd.address();
+    let outcome = layermend(&[
+        "patch",
+        "-i",
+        &source,
+        "-r",
+        path_str(&security.report),
+        "-t",
+        "auto",
+        "--backend",
+        "auto",
+        "--buildkit",
+        &address,
+    ]);
+    assert_eq!(outcome.code, 0, "the patch must succeed\n{outcome}");
+    // tzdata's postinst and zlib1g's ldconfig trigger are skipped in-process.
+    assert!(
+        outcome
+            .stderr
+            .contains("have maintainer scripts or triggers"),
+        "the warning must say why BuildKit runs\n{outcome}"
+    );
+    for package in ["tzdata", "zlib1g"] {
+        assert!(
+            outcome.stderr.contains(package),
+            "the warning must name {package}\n{outcome}"
+        );
+    }
+    let patched = registry.manifest(REPOSITORY, "auto").unwrap();
+    let config = registry.config(REPOSITORY, &patched);
+    let created_by = config["history"].as_array().unwrap().last().unwrap()["created_by"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        created_by.contains("BuildKit"),
+        "the layer must come from BuildKit: {created_by}"
+    );
+}
+
+#[test]
+fn inprocess_backend_rejects_address() {
+    let outcome = layermend(&[
+        "patch",
+        "-i",
+        "oci:/nonexistent:tag",
+        "--backend",
+        "inprocess",
+        "--buildkit",
+        "docker://",
+    ]);
+    assert_eq!(
+        outcome.code, 2,
+        "conflicting flags are a user error\n{outcome}"
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains("--buildkit needs --backend buildkit or auto"),
+        "{outcome}"
+    );
+}
+
+#[test]
+fn invalid_address_is_user_error() {
+    let outcome = layermend(&["patch", "-i", "oci:/nonexistent:tag", "-a", "ssh://host"]);
+    assert_eq!(
+        outcome.code, 2,
+        "an invalid address is a user error\n{outcome}"
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains("invalid BuildKit address \"ssh://host\""),
+        "{outcome}"
+    );
+}
+
+#[test]
 fn buildkit_unreachable_address_fails() {
     let security = security_fixture();
     let registry = registry_with_fixture();
@@ -219,7 +340,10 @@ fn buildkit_unreachable_address_fails() {
         "--buildkit",
         &address,
     ]);
-    assert_eq!(outcome.code, 1, "an unreachable engine is a failure\n{outcome}");
+    assert_eq!(
+        outcome.code, 1,
+        "an unreachable engine is a failure\n{outcome}"
+    );
     assert!(
         outcome.stderr.contains("not reachable"),
         "the error must say the engine is not reachable\n{outcome}"
@@ -253,7 +377,10 @@ fn buildkit_apt_failure_reports_output() {
     );
     let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
     let sources = [
-        format!("deb [signed-by={keyring}] {} bookworm main", fixture.env["MIRROR"]),
+        format!(
+            "deb [signed-by={keyring}] {} bookworm main",
+            fixture.env["MIRROR"]
+        ),
         format!(
             "deb [signed-by={keyring}] {} bookworm-security main",
             fixture.env["SECURITY_MIRROR"]
@@ -323,7 +450,8 @@ fn add_layer(layout: &Path, from: &str, to: &str, path: &str) {
     let mut header = tar::Header::new_ustar();
     header.set_size(0);
     header.set_mode(0o644);
-    tar.append_data(&mut header, path, std::io::empty()).unwrap();
+    tar.append_data(&mut header, path, std::io::empty())
+        .unwrap();
     let tar = tar.into_inner().unwrap();
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gzip.write_all(&tar).unwrap();

@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use bollard::Docker;
 use bollard::models::{BuildInfo, BuildInfoAux};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, BuilderVersion, ImportImageOptionsBuilder,
-    RemoveImageOptionsBuilder,
+    BuildImageOptionsBuilder, BuilderVersion, ImportImageOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -105,10 +104,7 @@ pub enum BuildkitError {
     UnsupportedOs { distribution: String },
     #[error("failed to load the base image into the Docker engine at {endpoint}: {message}")]
     Load { endpoint: Endpoint, message: String },
-    #[error(
-        "the package manager failed in the build on {endpoint}: {message}\n\
-         build output (last lines):\n{output}"
-    )]
+    #[error("the package manager failed in the build on {endpoint}: {message}\n{output}")]
     BuildFailed {
         endpoint: Endpoint,
         message: String,
@@ -183,43 +179,48 @@ pub async fn build_layer(
         std::process::id(),
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
     );
-    let base_tag = format!("layermend-buildkit-base:{unique}");
-    let built_tag = format!("layermend-buildkit-patched:{unique}");
-    let result = build_in_engine(
-        &docker, endpoint, source, image, updates, work_dir, &base_tag, &built_tag,
-    )
-    .await;
-    for tag in [&built_tag, &base_tag] {
+    let engine = Engine {
+        docker,
+        endpoint,
+        base_tag: format!("layermend-buildkit-base:{unique}"),
+        built_tag: format!("layermend-buildkit-patched:{unique}"),
+    };
+    let result = build_in_engine(&engine, source, image, updates, work_dir).await;
+    for tag in [&engine.built_tag, &engine.base_tag] {
         let options = RemoveImageOptionsBuilder::new().force(true).build();
-        if let Err(error) = docker.remove_image(tag, Some(options), None).await {
+        if let Err(error) = engine.docker.remove_image(tag, Some(options), None).await {
             tracing::debug!(%endpoint, tag, %error, "temporary image not removed");
         }
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A connected engine and the tags of the temporary images one build creates there.
+struct Engine<'a> {
+    docker: Docker,
+    endpoint: &'a Endpoint,
+    base_tag: String,
+    built_tag: String,
+}
+
 async fn build_in_engine(
-    docker: &Docker,
-    endpoint: &Endpoint,
+    engine: &Engine<'_>,
     source: &ImageStore,
     image: &SourceImage,
     updates: &[PackageUpdate],
     work_dir: &Path,
-    base_tag: &str,
-    built_tag: &str,
 ) -> Result<BuiltLayer, BuildkitError> {
     let dir = work_dir.join("buildkit");
     create_dir(&dir)?;
     let archive = dir.join("base.tar");
-    write_load_archive(source, image, base_tag, &dir, &archive).await?;
-    load(docker, endpoint, &archive).await?;
-    build(docker, endpoint, base_tag, built_tag, updates).await?;
+    write_load_archive(source, image, &engine.base_tag, &dir, &archive).await?;
+    load(engine, &archive).await?;
+    build(engine, updates).await?;
     let saved = dir.join("saved.tar");
-    save(docker, endpoint, built_tag, &saved).await?;
+    save(engine, &saved).await?;
     let layer_tar = dir.join("layer.tar");
     tokio::task::block_in_place(|| {
-        extract_new_layer(endpoint, &saved, image, &layer_tar)?;
+        extract_new_layer(engine.endpoint, &saved, image, &layer_tar)?;
         Ok(layer::compress_tar(&layer_tar, work_dir)?)
     })
 }
@@ -281,8 +282,12 @@ async fn write_load_archive(
     };
     let file = fs_err::File::create(archive).map_err(io_error)?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
-    append_bytes(&mut tar, "manifest.json", &serde_json::to_vec(&manifest).unwrap_or_default())
-        .map_err(io_error)?;
+    append_bytes(
+        &mut tar,
+        "manifest.json",
+        &serde_json::to_vec(&manifest).unwrap_or_default(),
+    )
+    .map_err(io_error)?;
     append_bytes(&mut tar, "config.json", &image.config_bytes).map_err(io_error)?;
     for name in &names {
         tar.append_path_with_name(dir.join(name), name)
@@ -306,7 +311,8 @@ fn append_bytes<W: std::io::Write>(
     tar.append_data(&mut header, name, data)
 }
 
-async fn load(docker: &Docker, endpoint: &Endpoint, archive: &Path) -> Result<(), BuildkitError> {
+async fn load(engine: &Engine<'_>, archive: &Path) -> Result<(), BuildkitError> {
+    let endpoint = engine.endpoint;
     let file = tokio::fs::File::open(archive)
         .await
         .map_err(|source| BuildkitError::Io {
@@ -315,7 +321,7 @@ async fn load(docker: &Docker, endpoint: &Endpoint, archive: &Path) -> Result<()
         })?;
     let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
     let options = ImportImageOptionsBuilder::new().quiet(true).build();
-    let mut stream = docker.import_image(options, body, None);
+    let mut stream = engine.docker.import_image(options, body, None);
     while let Some(item) = stream.next().await {
         let info = item.map_err(|error| BuildkitError::Load {
             endpoint: endpoint.clone(),
@@ -332,14 +338,9 @@ async fn load(docker: &Docker, endpoint: &Endpoint, archive: &Path) -> Result<()
 }
 
 /// Runs the build, keeping the tail of the steps' output for the error message.
-async fn build(
-    docker: &Docker,
-    endpoint: &Endpoint,
-    base_tag: &str,
-    built_tag: &str,
-    updates: &[PackageUpdate],
-) -> Result<(), BuildkitError> {
-    let dockerfile = dockerfile(base_tag, updates);
+async fn build(engine: &Engine<'_>, updates: &[PackageUpdate]) -> Result<(), BuildkitError> {
+    let endpoint = engine.endpoint;
+    let dockerfile = dockerfile(&engine.base_tag, updates);
     tracing::debug!(%endpoint, %dockerfile, "building");
     let mut context = tar::Builder::new(Vec::new());
     append_bytes(&mut context, "Dockerfile", dockerfile.as_bytes()).map_err(|source| {
@@ -353,34 +354,81 @@ async fn build(
     // step needs the package archive, so it shares the engine host's network.
     let options = BuildImageOptionsBuilder::new()
         .dockerfile("Dockerfile")
-        .t(built_tag)
+        .t(&engine.built_tag)
         .networkmode("host")
         .rm(true)
         .version(BuilderVersion::BuilderBuildKit)
-        .session(built_tag)
+        .session(&engine.built_tag)
         .build();
-    let mut output = OutputTail::default();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut output = BuildOutput::default();
+    let mut stream =
+        engine
+            .docker
+            .build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut failure = None;
+    // The stream is read to its end even after an error, because the engine can send
+    // the failed step's last output after the error itself.
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => output.record(&info),
-            Err(error) => {
-                let message = match error {
+            Err(error) if failure.is_none() => {
+                failure = Some(match error {
                     bollard::errors::Error::DockerStreamError { error } => error,
                     other => other.to_string(),
-                };
-                return Err(BuildkitError::BuildFailed {
-                    endpoint: endpoint.clone(),
-                    message,
-                    output: output.text(),
                 });
+            }
+            Err(error) => tracing::debug!(%endpoint, %error, "further build error"),
+        }
+    }
+    match failure {
+        None => Ok(()),
+        Some(message) => Err(BuildkitError::BuildFailed {
+            endpoint: endpoint.clone(),
+            message,
+            output: output.text(),
+        }),
+    }
+}
+
+/// The last lines the build steps wrote to stdout and to stderr, kept apart because
+/// apt-get writes its `E:` lines to stderr, after pages of stdout.
+#[derive(Default)]
+struct BuildOutput {
+    stdout: OutputTail,
+    stderr: OutputTail,
+}
+
+impl BuildOutput {
+    fn record(&mut self, info: &BuildInfo) {
+        let Some(BuildInfoAux::BuildKit(status)) = &info.aux else {
+            return;
+        };
+        for log in &status.logs {
+            // BuildKit numbers the streams as file descriptors: 1 stdout, 2 stderr.
+            let tail = if log.stream == 2 {
+                &mut self.stderr
+            } else {
+                &mut self.stdout
+            };
+            tail.add(&log.msg);
+        }
+        for vertex in &status.vertexes {
+            if !vertex.error.is_empty() {
+                tracing::debug!(step = %vertex.name, error = %vertex.error, "build step failed");
             }
         }
     }
-    Ok(())
+
+    fn text(self) -> String {
+        format!(
+            "the step's last lines on stdout:\n{}\nthe step's last lines on stderr:\n{}",
+            self.stdout.text(),
+            self.stderr.text()
+        )
+    }
 }
 
-/// The last lines the build steps printed.
+/// The last [`OUTPUT_TAIL_LINES`] lines of one output stream.
 #[derive(Default)]
 struct OutputTail {
     lines: VecDeque<String>,
@@ -388,21 +436,11 @@ struct OutputTail {
 }
 
 impl OutputTail {
-    fn record(&mut self, info: &BuildInfo) {
-        let Some(BuildInfoAux::BuildKit(status)) = &info.aux else {
-            return;
-        };
-        for log in &status.logs {
-            self.partial.push_str(&String::from_utf8_lossy(&log.msg));
-            while let Some(end) = self.partial.find('\n') {
-                let line: String = self.partial.drain(..=end).collect();
-                self.push(line.trim_end().to_owned());
-            }
-        }
-        for vertex in &status.vertexes {
-            if !vertex.error.is_empty() {
-                tracing::debug!(step = %vertex.name, error = %vertex.error, "build step failed");
-            }
+    fn add(&mut self, bytes: &[u8]) {
+        self.partial.push_str(&String::from_utf8_lossy(bytes));
+        while let Some(end) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=end).collect();
+            self.push(line.trim_end().to_owned());
         }
     }
 
@@ -422,21 +460,16 @@ impl OutputTail {
     }
 }
 
-async fn save(
-    docker: &Docker,
-    endpoint: &Endpoint,
-    tag: &str,
-    path: &Path,
-) -> Result<(), BuildkitError> {
+async fn save(engine: &Engine<'_>, path: &Path) -> Result<(), BuildkitError> {
     let io_error = |source| BuildkitError::Io {
         path: path.to_owned(),
         source,
     };
     let mut file = tokio::fs::File::create(path).await.map_err(io_error)?;
-    let mut stream = docker.export_image(tag);
+    let mut stream = engine.docker.export_image(&engine.built_tag);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|source| BuildkitError::Save {
-            endpoint: endpoint.clone(),
+            endpoint: engine.endpoint.clone(),
             source,
         })?;
         file.write_all(&chunk).await.map_err(io_error)?;
@@ -521,7 +554,10 @@ mod tests {
 
     #[test]
     fn endpoint_parses_forms() {
-        assert_eq!(Endpoint::parse("docker://").unwrap(), Endpoint::LocalDefault);
+        assert_eq!(
+            Endpoint::parse("docker://").unwrap(),
+            Endpoint::LocalDefault
+        );
         assert_eq!(
             Endpoint::parse("unix:///run/docker.sock").unwrap(),
             Endpoint::Unix(PathBuf::from("/run/docker.sock"))

@@ -9,9 +9,9 @@ use super::buildkit::{self, BuildkitError};
 use super::debian::{self, DebianResult, SharedDownloads};
 use super::reports::Reports;
 use super::{
-    Distro, EarlierPatch, Event, OUTCOME_SCHEMA_VERSION, PatchError, PatchOutcome, PatchSettings,
-    PatchStatus, Phase, Reporter, Backend, SkippedPackage, Transfer, alpine, check_report_os, earlier_patch,
-    history_time, image_architecture, layers, push,
+    Backend, Distro, EarlierPatch, Event, OUTCOME_SCHEMA_VERSION, PatchError, PatchOutcome,
+    PatchSettings, PatchStatus, Phase, Reporter, SkippedPackage, Transfer, alpine, check_report_os,
+    earlier_patch, history_time, image_architecture, layers, push,
 };
 use crate::digest::Digest;
 use crate::image::{self, HistoryEntry, PATCH_LABEL, PatchRecord, PatchedPackage};
@@ -229,7 +229,16 @@ impl PatchContext<'_> {
         let patched = result
             .layer
             .as_ref()
-            .map(|layer| amend(&image, layer, &result, created_by, created.rfc3339, work_dir))
+            .map(|layer| {
+                amend(
+                    &image,
+                    layer,
+                    &result,
+                    created_by,
+                    created.rfc3339,
+                    work_dir,
+                )
+            })
             .transpose()?;
         Ok(ManifestJob {
             image,

@@ -269,6 +269,12 @@ async fn run(
         ..RegistryOptions::default()
     })?);
 
+    // An engine that is not there fails the run before anything is resolved.
+    if let Backend::BuildKit(endpoint) = &settings.backend
+        && !settings.dry_run
+    {
+        buildkit::connect(endpoint).await?;
+    }
     reporter.event(Event::Phase(Phase::ResolveImage));
     let source = ImageStore::open_source(&source_location, &client)?;
     let top = source.fetch_manifest(None).await?;

@@ -80,7 +80,10 @@ impl Dockerd {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("dockerd exited with {status} before answering\n{}", self.log());
+                panic!(
+                    "dockerd exited with {status} before answering\n{}",
+                    self.log()
+                );
             }
             if ping(&self.socket()) {
                 return;
