@@ -241,7 +241,7 @@ pub struct PatchArgs {
 /// `--backend`: what installs the packages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendFlag {
-    /// Unpack the packages in-process; maintainer scripts do not run.
+    /// Unpack the packages in-process, without running maintainer scripts.
     Inprocess,
     /// apt-get in a BuildKit build on the `--buildkit` engine.
     Buildkit,

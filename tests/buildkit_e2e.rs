@@ -365,7 +365,7 @@ fn buildkit_apt_failure_reports_output() {
     let dockerd = Dockerd::start();
     let work = tempfile::tempdir().unwrap();
     // The image without apt sources: layermend resolves against --apt-source on the host,
-    // but apt-get in the build knows only the installed versions, so it cannot find the
+    // but apt-get in the build has only the installed versions, so it cannot find the
     // pinned ones.
     let layout = work.path().join("layout");
     copy_dir(&fixture.layout, &layout);

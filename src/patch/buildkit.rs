@@ -2,11 +2,10 @@
 //! versions in a build on a Docker engine, and the build's one new layer becomes the
 //! patch layer.
 //!
-//! The engine's embedded BuildKit (Docker 20.10 embeds one older than 0.10) has no
-//! MergeOp or DiffOp and exports no OCI image, so the layer is taken from `docker save`
-//! of the built image: the base is loaded with `POST /images/load`, a Dockerfile
-//! `FROM base` + `RUN apt-get install pkg=version…` is built, and the saved image's
-//! layers beyond the base's are exactly that `RUN` step's.
+//! The BuildKit that Docker 20.10 embeds is older than 0.10: it has no MergeOp or DiffOp
+//! and exports no OCI image. So the base is loaded with `POST /images/load`, a Dockerfile
+//! `FROM base` + `RUN apt-get install pkg=version…` is built, and the layer is taken from
+//! `docker save` of the result, where the one layer beyond the base's is the `RUN` step's.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -26,12 +25,13 @@ use super::manifest::SourceImage;
 use crate::layer::{self, BuiltLayer, LayerError};
 use crate::transport::{ImageStore, TransportError};
 
-/// Seconds a single engine API request may take; builds stream, so this bounds silence.
+/// Seconds a single engine API request may take. Builds stream their progress, so for
+/// them this bounds a silence rather than the whole build.
 const REQUEST_TIMEOUT_SECS: u64 = 600;
 /// Lines of the build's own output kept for an error message.
 const OUTPUT_TAIL_LINES: usize = 30;
 
-/// Where the backend runs: a Docker engine endpoint.
+/// A Docker engine endpoint, the place the build runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// `docker://`: the local engine, at `DOCKER_HOST` or the default socket.
@@ -225,9 +225,12 @@ async fn build_in_engine(
     })
 }
 
-/// The Dockerfile that installs `updates`. `--force-confold` keeps the image's changed
-/// configuration files, as the in-process backend does; the package lists apt-get
-/// downloads are removed in the same step so they never reach the layer.
+/// Returns the Dockerfile that installs `updates`. `--force-confold` keeps the image's
+/// changed configuration files, as the in-process backend does. The package lists that
+/// apt-get downloads are removed in the same step, so they never reach the layer.
+///
+/// NOTE: packages the plan adds as new dependencies are named too, so apt marks them
+/// manually installed, where the in-process backend marks them automatic.
 pub fn dockerfile(base_tag: &str, updates: &[PackageUpdate]) -> String {
     let pins: Vec<String> = updates
         .iter()
@@ -245,6 +248,8 @@ pub fn dockerfile(base_tag: &str, updates: &[PackageUpdate]) -> String {
 
 /// Writes the base as a classic `docker save` archive (`manifest.json`, config, and the
 /// compressed layer blobs as they are, which `docker load` decompresses itself).
+///
+/// NOTE: Docker 20.10 decompresses gzip layers only, so it rejects a zstd-compressed base.
 async fn write_load_archive(
     source: &ImageStore,
     image: &SourceImage,

@@ -272,6 +272,8 @@ impl PatchContext<'_> {
                     .iter()
                     .map(|skipped| skipped.package.as_str())
                     .collect();
+                // NOTE: every update is installed again in BuildKit, also those without
+                // scripts, because one layer cannot come from both backends.
                 let warning = format!(
                     "{} have maintainer scripts or triggers that the in-process build does \
                      not run; installing every update with apt-get in a BuildKit build on \

@@ -79,15 +79,15 @@ pub struct PatchSettings {
     pub apt_sources: Vec<String>,
     /// Host keyring files trusted for every repository.
     pub keyrings: Vec<PathBuf>,
-    /// What installs the packages into the new layer.
+    /// The backend that installs the packages into the new layer.
     pub backend: Backend,
 }
 
-/// What installs the resolved packages. Every backend resolves the same versions
-/// in-process first.
+/// The backend that installs the resolved packages. Every backend resolves the same
+/// versions in-process first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Backend {
-    /// Unpack the packages in-process; maintainer scripts do not run.
+    /// Unpack the packages in-process, without running maintainer scripts.
     #[default]
     InProcess,
     /// Install the packages with apt-get in a BuildKit build on this Docker engine, so

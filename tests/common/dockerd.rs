@@ -10,7 +10,7 @@ use tempfile::TempDir;
 
 use super::require_tool;
 
-/// Time dockerd may take to answer on its socket.
+/// Time dockerd may take before its socket responds.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time dockerd and its containerd may take to exit after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -22,7 +22,7 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
-    /// Starts dockerd and waits until its API answers `GET /_ping`.
+    /// Starts dockerd and waits until its API responds to `GET /_ping`.
     pub fn start() -> Dockerd {
         require_tool("dockerd");
         let dir = tempfile::Builder::new()
@@ -54,7 +54,7 @@ impl Dockerd {
         dockerd
     }
 
-    /// The `unix://` address of the engine's socket.
+    /// Returns the `unix://` address of the engine's socket.
     pub fn address(&self) -> String {
         format!("unix://{}", self.socket().display())
     }
@@ -81,7 +81,7 @@ impl Dockerd {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!(
-                    "dockerd exited with {status} before answering\n{}",
+                    "dockerd exited with {status} before responding\n{}",
                     self.log()
                 );
             }
@@ -90,7 +90,7 @@ impl Dockerd {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "dockerd did not answer within {} s\n{}",
+                    "dockerd did not respond within {} s\n{}",
                     START_TIMEOUT.as_secs(),
                     self.log()
                 );
@@ -100,7 +100,7 @@ impl Dockerd {
     }
 }
 
-/// Sends `GET /_ping` over the socket and tells whether the engine answered `200`.
+/// Sends `GET /_ping` over the socket and returns whether the engine responded `200`.
 fn ping(socket: &Path) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = UnixStream::connect(socket) else {
@@ -152,8 +152,8 @@ fn alive(pid: u32) -> bool {
 impl Drop for Dockerd {
     fn drop(&mut self) {
         let pid = self.child.id();
-        // containerd and the shims are dockerd's children; remember them before dockerd
-        // exits and they are reparented.
+        // containerd and the shims are dockerd's children. They are listed before dockerd
+        // exits, because they are reparented after that.
         let mut started = children(pid);
         for child in started.clone() {
             started.extend(children(child));
