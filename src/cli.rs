@@ -223,9 +223,10 @@ pub struct PatchArgs {
     pub work_dir: Option<PathBuf>,
 
     /// The Docker engine whose BuildKit installs the packages with apt-get, so maintainer
-    /// scripts run: `docker://` (the local engine, `DOCKER_HOST` or the default socket),
-    /// `unix:///PATH/docker.sock` or `tcp://HOST:PORT` (plain HTTP). Implies `--backend
-    /// buildkit` unless `--backend` is given. A standalone buildkitd is not supported.
+    /// scripts run: `docker://` (the local engine: `DOCKER_HOST` when it is a `unix://`
+    /// address, else /var/run/docker.sock), `unix:///PATH/docker.sock` or `tcp://HOST:PORT`
+    /// (plain HTTP). Implies `--backend buildkit` unless `--backend` is given. A standalone
+    /// buildkitd is not supported.
     #[arg(long, short = 'a', visible_alias = "addr", value_name = "ADDR")]
     pub buildkit: Option<String>,
 

@@ -34,7 +34,8 @@ const OUTPUT_TAIL_LINES: usize = 30;
 /// A Docker engine endpoint, the place the build runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `docker://`: the local engine, at `DOCKER_HOST` or the default socket.
+    /// `docker://`: the local engine, at `DOCKER_HOST` when that is a `unix://` address,
+    /// else at /var/run/docker.sock.
     LocalDefault,
     /// `unix:///path/docker.sock`.
     Unix(PathBuf),
