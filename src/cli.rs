@@ -230,23 +230,24 @@ pub struct PatchArgs {
     #[arg(long, short = 'a', visible_alias = "addr", value_name = "ADDR")]
     pub buildkit: Option<String>,
 
-    /// What installs the packages: `inprocess` unpacks them without running maintainer
-    /// scripts; `buildkit` runs apt-get in a BuildKit build on `--buildkit`; `auto`
-    /// builds in-process and switches to BuildKit when a package has scripts or
-    /// triggers the in-process build skips. Default: `buildkit` with `--buildkit`,
+    /// The backend that installs the packages. `inprocess` unpacks them without running
+    /// maintainer scripts. `buildkit` runs apt-get in a BuildKit build on `--buildkit`.
+    /// `auto` builds in-process, then again with BuildKit when a package has scripts or
+    /// triggers that the in-process build skips. Default: `buildkit` with `--buildkit`,
     /// else `inprocess`.
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub backend: Option<BackendFlag>,
 }
 
-/// `--backend`: what installs the packages.
+/// `--backend`: the backend that installs the packages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendFlag {
     /// Unpack the packages in-process, without running maintainer scripts.
     Inprocess,
-    /// apt-get in a BuildKit build on the `--buildkit` engine.
+    /// Run apt-get in a BuildKit build on the `--buildkit` engine.
     Buildkit,
-    /// In-process, or BuildKit when a package has scripts the in-process build skips.
+    /// Build in-process, or with BuildKit when a package has scripts that the in-process
+    /// build skips.
     Auto,
 }
 
