@@ -221,6 +221,34 @@ pub struct PatchArgs {
     /// temporary directory that is removed afterwards.
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+
+    /// The Docker engine whose BuildKit installs the packages with apt-get, so maintainer
+    /// scripts run: `docker://` (the local engine: `DOCKER_HOST` when it is a `unix://`
+    /// address, else /var/run/docker.sock), `unix:///PATH/docker.sock` or `tcp://HOST:PORT`
+    /// (plain HTTP). Implies `--backend buildkit` unless `--backend` is given. A standalone
+    /// buildkitd is not supported.
+    #[arg(long, short = 'a', visible_alias = "addr", value_name = "ADDR")]
+    pub buildkit: Option<String>,
+
+    /// The backend that installs the packages. `inprocess` unpacks them without running
+    /// maintainer scripts. `buildkit` runs apt-get in a BuildKit build on `--buildkit`.
+    /// `auto` builds in-process, then again with BuildKit when a package has scripts or
+    /// triggers that the in-process build skips. Default: `buildkit` with `--buildkit`,
+    /// else `inprocess`.
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub backend: Option<BackendFlag>,
+}
+
+/// `--backend`: the backend that installs the packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendFlag {
+    /// Unpack the packages in-process, without running maintainer scripts.
+    Inprocess,
+    /// Run apt-get in a BuildKit build on the `--buildkit` engine.
+    Buildkit,
+    /// Build in-process, or with BuildKit when a package has scripts that the in-process
+    /// build skips.
+    Auto,
 }
 
 impl PatchArgs {

@@ -43,6 +43,12 @@ pub enum LayerError {
     },
     #[error("hard link {path:?} targets {target:?}, which is not in the layer")]
     HardlinkTargetMissing { path: String, target: String },
+    #[error("failed to read layer tar {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("failed to write layer {path}")]
     Write {
         path: PathBuf,
@@ -380,6 +386,38 @@ impl LayerBuilder {
         }
         Ok(order)
     }
+}
+
+/// Compresses an existing uncompressed layer tar, such as one `docker save` wrote, into
+/// `layer.tar.gz` in `dir`, the same way [`LayerBuilder::finish`] compresses its own.
+pub fn compress_tar(tar_path: &Path, dir: &Path) -> Result<BuiltLayer, LayerError> {
+    let path = dir.join("layer.tar.gz");
+    let write_error = |source| LayerError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut input = fs_err::File::open(tar_path).map_err(|source| LayerError::Read {
+        path: tar_path.to_owned(),
+        source,
+    })?;
+    let file = fs_err::File::create(&path).map_err(write_error)?;
+    let compressed = HashingWriter::new(io::BufWriter::new(file));
+    let mut uncompressed = HashingWriter::new(ParallelGzWriter::new(compressed, GZIP_LEVEL));
+    io::copy(&mut input, &mut uncompressed).map_err(write_error)?;
+    let (gzip, diff_id, uncompressed_size) = uncompressed.finish();
+    let compressed = gzip.finish().map_err(write_error)?;
+    let (buffered, digest, size) = compressed.finish();
+    buffered
+        .into_inner()
+        .map_err(|error| write_error(error.into_error()))?;
+    tracing::debug!(path = %path.display(), %digest, %diff_id, size, "layer compressed");
+    Ok(BuiltLayer {
+        path,
+        digest,
+        diff_id,
+        size,
+        uncompressed_size,
+    })
 }
 
 fn write_entry<W: Write>(

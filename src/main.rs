@@ -13,8 +13,8 @@ use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, OutputFormat, PatchArgs, ScannerFlag};
-use layermend::patch::{self, PatchOutcome, PatchSettings, PatchStatus};
+use cli::{BackendFlag, Cli, Command, OutputFormat, PatchArgs, ScannerFlag};
+use layermend::patch::{self, Backend, Endpoint, PatchOutcome, PatchSettings, PatchStatus};
 use layermend::report::ReportFormat;
 use layermend::vex::{self, VexError, VexOptions};
 use printer::{ProgressMode, ProgressPrinter};
@@ -322,5 +322,24 @@ fn settings_from_args(
         work_dir: args.work_dir.clone(),
         apt_sources: args.apt_sources.clone(),
         keyrings: args.keyrings.clone(),
+        backend: backend(args)?,
+    })
+}
+
+/// Resolves `--backend` and `--buildkit`: the address alone selects BuildKit, and
+/// `buildkit` or `auto` without an address use the local engine.
+fn backend(args: &PatchArgs) -> anyhow::Result<Backend> {
+    let endpoint = || -> anyhow::Result<Endpoint> {
+        Ok(Endpoint::parse(
+            args.buildkit.as_deref().unwrap_or("docker://"),
+        )?)
+    };
+    Ok(match (args.backend, &args.buildkit) {
+        (Some(BackendFlag::Inprocess), Some(_)) => {
+            anyhow::bail!("--buildkit needs --backend buildkit or auto, not inprocess")
+        }
+        (Some(BackendFlag::Inprocess), None) | (None, None) => Backend::InProcess,
+        (Some(BackendFlag::Buildkit), _) | (None, Some(_)) => Backend::BuildKit(endpoint()?),
+        (Some(BackendFlag::Auto), _) => Backend::Auto(endpoint()?),
     })
 }

@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::buildkit::{self, BuildkitError};
 use super::debian::{self, DebianResult, SharedDownloads};
 use super::reports::Reports;
 use super::{
-    Distro, EarlierPatch, Event, OUTCOME_SCHEMA_VERSION, PatchError, PatchOutcome, PatchSettings,
-    PatchStatus, Phase, Reporter, SkippedPackage, Transfer, alpine, check_report_os, earlier_patch,
-    history_time, image_architecture, layers, push,
+    Backend, Distro, EarlierPatch, Event, OUTCOME_SCHEMA_VERSION, PatchError, PatchOutcome,
+    PatchSettings, PatchStatus, Phase, Reporter, SkippedPackage, Transfer, alpine, check_report_os,
+    earlier_patch, history_time, image_architecture, layers, push,
 };
 use crate::digest::Digest;
 use crate::image::{self, HistoryEntry, PATCH_LABEL, PatchRecord, PatchedPackage};
@@ -140,6 +141,12 @@ impl PatchContext<'_> {
         let created = history_time(&image.config_bytes);
         let architecture = image_architecture(&image.config_bytes);
         let mut result = if os.is_like("alpine") {
+            if let Backend::BuildKit(_) = self.settings.backend {
+                return Err(BuildkitError::UnsupportedOs {
+                    distribution: os.display_name(),
+                }
+                .into());
+            }
             let Some(report) = report else {
                 return Err(PatchError::ReportRequired {
                     os: os.display_name(),
@@ -158,6 +165,19 @@ impl PatchContext<'_> {
             )
             .await?
         } else if os.is_like("debian") {
+            // The BuildKit backend needs only the plan: resolving without downloading is
+            // what a dry run does.
+            let resolve_only;
+            let settings = match &self.settings.backend {
+                Backend::BuildKit(_) => {
+                    resolve_only = PatchSettings {
+                        dry_run: true,
+                        ..self.settings.clone()
+                    };
+                    &resolve_only
+                }
+                _ => self.settings,
+            };
             debian::patch_debian(
                 &debian::DebianInputs {
                     rootfs: &rootfs,
@@ -166,7 +186,7 @@ impl PatchContext<'_> {
                         .as_ref()
                         .map_or(&[][..], |earlier| &earlier.record.packages),
                     report,
-                    settings: self.settings,
+                    settings,
                     work_dir,
                     platform_arch: architecture.clone(),
                     created_epoch: created.epoch,
@@ -183,16 +203,42 @@ impl PatchContext<'_> {
         if let Some(report) = report {
             add_unfixable(&mut result, report);
         }
+        let endpoint = self.buildkit_endpoint(&os, &mut result);
         // The new layer replaces the earlier patch layer: the image to extend is the one
         // without it.
-        let image = match (&earlier, &result.layer) {
-            (Some(earlier), Some(_)) => without_top_layer(&image, earlier)?,
+        let image = match (&earlier, result.layer.is_some() || endpoint.is_some()) {
+            (Some(earlier), true) => without_top_layer(&image, earlier)?,
             _ => image,
         };
+        let mut created_by = format!(
+            "layermend patch: {} package(s) updated without running maintainer scripts",
+            result.updates.len()
+        );
+        if let Some(endpoint) = endpoint {
+            self.reporter.event(Event::Phase(Phase::BuildLayer));
+            let layer =
+                buildkit::build_layer(endpoint, self.source, &image, &result.updates, work_dir)
+                    .await?;
+            result.layer = Some(layer);
+            result.scripts_not_run.clear();
+            created_by = format!(
+                "layermend patch: {} package(s) updated with apt-get in a BuildKit build",
+                result.updates.len()
+            );
+        }
         let patched = result
             .layer
             .as_ref()
-            .map(|layer| amend(&image, layer, &result, created.rfc3339, work_dir))
+            .map(|layer| {
+                amend(
+                    &image,
+                    layer,
+                    &result,
+                    created_by,
+                    created.rfc3339,
+                    work_dir,
+                )
+            })
             .transpose()?;
         Ok(ManifestJob {
             image,
@@ -203,6 +249,42 @@ impl PatchContext<'_> {
             result,
             patched,
         })
+    }
+
+    /// Returns the engine to build the layer on: always with `--backend buildkit` when
+    /// there is something to install, and with `--backend auto` when the in-process
+    /// build skipped maintainer scripts or triggers, which it names in a warning.
+    fn buildkit_endpoint<'s>(
+        &'s self,
+        os: &OsRelease,
+        result: &mut DebianResult,
+    ) -> Option<&'s buildkit::Endpoint> {
+        if self.settings.dry_run || result.updates.is_empty() || !os.is_like("debian") {
+            return None;
+        }
+        match &self.settings.backend {
+            Backend::InProcess => None,
+            Backend::BuildKit(endpoint) => Some(endpoint),
+            Backend::Auto(_) if result.scripts_not_run.is_empty() => None,
+            Backend::Auto(endpoint) => {
+                let names: Vec<&str> = result
+                    .scripts_not_run
+                    .iter()
+                    .map(|skipped| skipped.package.as_str())
+                    .collect();
+                // NOTE: every update is installed again in BuildKit, also those without
+                // scripts, because one layer cannot come from both backends.
+                let warning = format!(
+                    "{} have maintainer scripts or triggers that the in-process build does \
+                     not run; installing every update with apt-get in a BuildKit build on \
+                     {endpoint} instead",
+                    names.join(", ")
+                );
+                self.reporter.event(Event::Warning(warning.clone()));
+                result.warnings.push(warning);
+                Some(endpoint)
+            }
+        }
     }
 
     /// Reads an image manifest's descriptors and its config.
@@ -291,6 +373,7 @@ fn amend(
     image: &SourceImage,
     layer: &BuiltLayer,
     result: &DebianResult,
+    created_by: String,
     created: String,
     work_dir: &Path,
 ) -> Result<PatchedImage, PatchError> {
@@ -308,10 +391,7 @@ fn amend(
     };
     let history = HistoryEntry {
         created,
-        created_by: format!(
-            "layermend patch: {} package(s) updated without running maintainer scripts",
-            result.updates.len()
-        ),
+        created_by,
         comment: result
             .updates
             .iter()

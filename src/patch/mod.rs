@@ -1,6 +1,7 @@
 //! The patch: from a source image and a report to a pushed image with one more layer.
 
 mod alpine;
+mod buildkit;
 mod debian;
 mod events;
 mod index;
@@ -26,6 +27,7 @@ use crate::transport::{ImageStore, Location, TransportError};
 
 use reports::Reports;
 
+pub use buildkit::{BuildkitError, Endpoint};
 pub use events::{Event, NoReporter, Phase, Reporter, Transfer};
 pub use outcome::{
     Distro, FailedPackage, OUTCOME_SCHEMA_VERSION, PackageUpdate, PatchOutcome, PatchStatus,
@@ -77,6 +79,23 @@ pub struct PatchSettings {
     pub apt_sources: Vec<String>,
     /// Host keyring files trusted for every repository.
     pub keyrings: Vec<PathBuf>,
+    /// The backend that installs the packages into the new layer.
+    pub backend: Backend,
+}
+
+/// The backend that installs the resolved packages. Every backend resolves the same
+/// versions in-process first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Unpack the packages in-process, without running maintainer scripts.
+    #[default]
+    InProcess,
+    /// Install the packages with apt-get in a BuildKit build on this Docker engine, so
+    /// maintainer scripts and triggers run.
+    BuildKit(Endpoint),
+    /// Build in-process, and again with BuildKit on this engine when a package has
+    /// maintainer scripts or triggers the in-process build skipped.
+    Auto(Endpoint),
 }
 
 /// A patch that failed. [`PatchError::is_user_error`] separates bad input from failures.
@@ -156,6 +175,8 @@ pub enum PatchError {
     Debian(#[from] debian::DebianError),
     #[error(transparent)]
     Alpine(#[from] alpine::AlpineError),
+    #[error(transparent)]
+    Buildkit(#[from] BuildkitError),
     #[error("failed to use the work directory {path}")]
     WorkDir {
         path: PathBuf,
@@ -198,6 +219,10 @@ impl PatchError {
             ),
             PatchError::Debian(err) => err.is_user_error(),
             PatchError::Alpine(err) => err.is_user_error(),
+            PatchError::Buildkit(err) => matches!(
+                err,
+                BuildkitError::InvalidAddress { .. } | BuildkitError::UnsupportedOs { .. }
+            ),
             PatchError::Transport(err) => err.is_user_error(),
             _ => false,
         }
@@ -256,6 +281,12 @@ async fn run(
         ..RegistryOptions::default()
     })?);
 
+    // An engine that is not there fails the run before anything is resolved.
+    if let Backend::BuildKit(endpoint) = &settings.backend
+        && !settings.dry_run
+    {
+        buildkit::connect(endpoint).await?;
+    }
     reporter.event(Event::Phase(Phase::ResolveImage));
     let source = ImageStore::open_source(&source_location, &client)?;
     let top = source.fetch_manifest(None).await?;

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod fault_proxy;
+pub mod dockerd;
 pub mod http;
 pub mod tree;
 
@@ -32,6 +33,7 @@ const LAYERMEND_TIMEOUT: Duration = Duration::from_secs(900);
 /// Debian package that provides each external tool, for the failure message.
 const TOOL_PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
+    ("dockerd", "docker.io"),
     ("skopeo", "skopeo"),
     ("umoci", "umoci"),
     ("htpasswd", "apache2-utils"),
