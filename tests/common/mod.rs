@@ -9,8 +9,8 @@
 #![allow(dead_code)]
 
 pub mod auth;
-pub mod fault_proxy;
 pub mod dockerd;
+pub mod fault_proxy;
 pub mod http;
 pub mod tree;
 
