@@ -11,7 +11,9 @@
 //!   platforms: [linux/amd64, linux/arm64] # optional, as --platform, one patch each
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::ValueEnum;
 use futures_util::stream::{self, StreamExt};
@@ -24,6 +26,7 @@ use crate::{
     settings_from_args,
 };
 use layermend::patch::{self, OUTCOME_SCHEMA_VERSION, PatchOutcome};
+use layermend::transport::Location;
 
 /// One image of the configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -179,8 +182,10 @@ pub async fn run(args: PatchArgs, quiet: bool) -> u8 {
     let jobs = jobs(entries);
     let args = &args;
     let cache = cache_dir.path();
+    let locks = LocalDestinations::default();
+    let locks = &locks;
     let results: Vec<ImageResult> = stream::iter(jobs.into_iter().enumerate())
-        .map(|(index, job)| run_job(args, job, index, cache, mode))
+        .map(|(index, job)| run_job(args, job, index, cache, mode, locks))
         .buffered(usize::from(args.jobs))
         .collect()
         .await;
@@ -226,12 +231,44 @@ fn results_ref(results: &[ImageResult]) -> Vec<ImageResult> {
         .collect()
 }
 
+/// One lock per local destination (a layout directory or an archive file), so images
+/// written to the same one are written one after the other. Each write rewrites the
+/// layout's `index.json` or the whole archive, so concurrent writes would drop tags.
+#[derive(Default)]
+struct LocalDestinations {
+    locks: std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl LocalDestinations {
+    /// Returns the lock of the local destination of `settings`, if it has one.
+    fn lock_for(&self, settings: &patch::PatchSettings) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let path = match &settings.oci_dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let source = Location::parse(&settings.image).ok()?;
+                match source
+                    .destination(settings.tag.as_deref(), &settings.tag_suffix)
+                    .ok()?
+                {
+                    Location::OciLayout { dir, .. } => dir,
+                    Location::DockerArchive { file, .. } => file,
+                    Location::Registry(_) => return None,
+                }
+            }
+        };
+        let path = std::path::absolute(&path).unwrap_or(path);
+        let mut locks = self.locks.lock().expect("no panic while holding the locks");
+        Some(locks.entry(path).or_default().clone())
+    }
+}
+
 async fn run_job(
     args: &PatchArgs,
     job: Job,
     index: usize,
     cache: &Path,
     mode: ProgressMode,
+    destinations: &LocalDestinations,
 ) -> ImageResult {
     let Job {
         entry,
@@ -271,6 +308,11 @@ async fn run_job(
     let label = match &platform {
         Some(platform) => format!("{} {platform}", entry.image),
         None => entry.image.clone(),
+    };
+    let lock = destinations.lock_for(&settings);
+    let _guard = match &lock {
+        Some(lock) => Some(lock.lock().await),
+        None => None,
     };
     let reporter = ProgressPrinter::new(mode, Some(&label));
     match patch::patch(&settings, &reporter).await {

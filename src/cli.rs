@@ -16,8 +16,10 @@ Exit codes:
      to patch)
   1  failure: a registry, repository or package could not be read or written; with
      --config, at least one image failed
-  2  user error: invalid flags, reference, report or configuration file
-  3  nothing to patch: every reported package is already fixed or none is fixable";
+  2  user error: invalid flags, reference, report or configuration file; credentials
+     a registry or token server rejects; a missing image or repository
+  3  nothing to patch: every reported package is already fixed or none is fixable
+  130  interrupted by SIGINT or SIGTERM; no manifest of an unfinished image is pushed";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -82,11 +82,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_FAILURE);
                 }
             };
-            if args.config.is_some() {
-                runtime.block_on(bulk::run(*args, cli.quiet))
+            let code = if args.config.is_some() {
+                runtime.block_on(run_bulk(*args, cli.quiet))
             } else {
                 runtime.block_on(run_patch(*args, cli.quiet))
-            }
+            };
+            // After a failure, blocking work of other platforms or images may still run.
+            // Its result is no longer needed, so the process exits without waiting for it
+            // and hides the panic that its reads raise once the runtime shuts down.
+            std::panic::set_hook(Box::new(|_| {}));
+            runtime.shutdown_background();
+            code
         }
     };
     ExitCode::from(code)
@@ -106,7 +112,11 @@ fn render_man(subcommand: Option<&str>) -> io::Result<()> {
             // clap takes a static name without its `string` feature; the process prints
             // one page and exits.
             let full_name: &'static str = Box::leak(format!("layermend-{name}").into_boxed_str());
-            sub.name(full_name).bin_name(full_name)
+            // The page's header names the source as NAME VERSION; a subcommand has no
+            // version of its own.
+            sub.name(full_name)
+                .bin_name(full_name)
+                .version(env!("CARGO_PKG_VERSION"))
         }
     };
     clap_mangen::Man::new(page).render(&mut io::stdout().lock())
@@ -125,7 +135,8 @@ fn write_or_fail(result: io::Result<()>) -> u8 {
 
 fn init_logging(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
-        (true, _) => "error",
+        // Errors reach the user through the returned error, printed once by `main`.
+        (true, _) => "off",
         (false, 0) => "warn",
         (false, 1) => "layermend=debug,info",
         (false, _) => "layermend=trace,debug",
@@ -138,6 +149,21 @@ fn init_logging(verbose: u8, quiet: bool) {
         // Colour codes only on a terminal, so logs redirected to a file stay plain text.
         .with_ansi(io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
+}
+
+/// Runs a `--config` bulk run until it ends or a signal arrives. Dropping the run on a
+/// signal removes its work directories; images whose push had finished stay pushed.
+async fn run_bulk(args: PatchArgs, quiet: bool) -> u8 {
+    tokio::select! {
+        code = bulk::run(args, quiet) => code,
+        signal = shutdown_signal() => {
+            eprintln!(
+                "error: interrupted by {signal}; images that finished before it were pushed, \
+                 no other manifest was"
+            );
+            EXIT_INTERRUPTED
+        }
+    }
 }
 
 async fn run_patch(args: PatchArgs, quiet: bool) -> u8 {
@@ -155,6 +181,22 @@ async fn run_patch(args: PatchArgs, quiet: bool) -> u8 {
             return EXIT_USER_ERROR;
         }
     };
+    if let Some(path) = &vex_path {
+        // Checked before the patch, so a VEX path that cannot be written fails the run
+        // before anything is pushed.
+        if let Err(message) = check_vex_path(path) {
+            eprintln!("error: {message}");
+            return EXIT_USER_ERROR;
+        }
+        if args.dry_run && !quiet {
+            eprintln!(
+                "warning: a dry run writes no VEX document to {}",
+                path.display()
+            );
+        }
+    } else if args.format == Some(cli::FormatFlag::Openvex) && !quiet {
+        eprintln!("warning: -f openvex writes a VEX document only with -o FILE");
+    }
     let reporter = ProgressPrinter::new(ProgressMode::detect(quiet), None);
     // Dropping the patch future on a signal removes its work directory; a manifest is
     // pushed only as the last step, so an interrupted run leaves no tag behind.
@@ -162,7 +204,12 @@ async fn run_patch(args: PatchArgs, quiet: bool) -> u8 {
         result = patch::patch(&settings, &reporter) => result,
         signal = shutdown_signal() => {
             reporter.finish();
-            eprintln!("error: interrupted by {signal}; no manifest was pushed");
+            let message = format!("interrupted by {signal}; no manifest was pushed");
+            eprintln!("error: {message}");
+            if format == OutputFormat::Json {
+                let failure = printer::Failure::new(&settings.image, message, EXIT_INTERRUPTED);
+                let _ = printer::write_json(&mut io::stdout().lock(), &failure);
+            }
             return EXIT_INTERRUPTED;
         }
     };
@@ -226,6 +273,38 @@ fn print_outcome(outcome: &PatchOutcome, format: OutputFormat, quiet: bool) -> i
             printer::write_json(&mut io::stdout().lock(), outcome)
         }
     }
+}
+
+/// Checks that the VEX document can be created at `path`: the path is not a directory,
+/// and its directory exists and is writable.
+fn check_vex_path(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!(
+            "-o {} is a directory; name a file for the VEX document",
+            path.display()
+        ));
+    }
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(format!(
+            "-o {}: directory {} does not exist; create it or name another file",
+            path.display(),
+            parent.display()
+        ));
+    }
+    // A file created and removed at once shows the directory is writable.
+    tempfile::NamedTempFile::new_in(parent)
+        .map(drop)
+        .map_err(|err| {
+            format!(
+                "-o {}: cannot write in {}: {err}",
+                path.display(),
+                parent.display()
+            )
+        })
 }
 
 /// Writes the OpenVEX document of `outcome` to `path`. An outcome that fixed nothing gets

@@ -189,9 +189,14 @@ pub fn write_outcome_text(out: &mut dyn Write, outcome: &PatchOutcome) -> io::Re
     }
     if !outcome.updates.is_empty() {
         let names: Vec<&str> = outcome.updates.iter().map(|u| u.name.as_str()).collect();
+        let verb = if outcome.status == PatchStatus::Planned {
+            "to update"
+        } else {
+            "updated"
+        };
         writeln!(
             out,
-            "{} package(s) updated: {}",
+            "{} package(s) {verb}: {}",
             outcome.updates.len(),
             names.join(", ")
         )?;

@@ -630,6 +630,44 @@ fn bulk_run_reports_each_image() {
 
 // --- progress on a terminal --------------------------------------------------------------
 
+#[test]
+fn bulk_run_keeps_every_layout_tag() {
+    let registry = registry_with_fixture(&["bookworm"]);
+    let dir = tempfile::tempdir().unwrap();
+    let report = path_str(&security_fixture().report);
+    let layout = dir.path().join("layout");
+    let config = dir.path().join("images.yaml");
+    let source = registry.image(&format!("{REPOSITORY}:bookworm"));
+    fs_err::write(
+        &config,
+        format!(
+            "- image: {source}\n  report: {report}\n  tag: oci:{layout}:first\n\
+             - image: {source}\n  report: {report}\n  tag: oci:{layout}:second\n",
+            layout = layout.display(),
+        ),
+    )
+    .unwrap();
+    let outcome = layermend(&[
+        "patch",
+        "--config",
+        path_str(&config),
+        "--jobs",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome}");
+    let index: Value =
+        serde_json::from_slice(&fs_err::read(layout.join("index.json")).unwrap()).unwrap();
+    let tags: BTreeSet<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entry| entry["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .collect();
+    assert_eq!(tags, BTreeSet::from(["first", "second"]), "{outcome}");
+}
+
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }

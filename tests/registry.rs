@@ -404,7 +404,10 @@ async fn htpasswd_credentials() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, RegistryError::Unauthorized { .. }),
+        matches!(error, RegistryError::CredentialsRequired { .. }),
         "{error:?}"
     );
+    let message = error.to_string();
+    assert!(message.contains("none were found"), "{message}");
+    assert!(message.contains("docker login"), "{message}");
 }

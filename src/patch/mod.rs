@@ -211,6 +211,7 @@ impl PatchError {
                 err,
                 RegistryError::NotFound { .. }
                     | RegistryError::Unauthorized { .. }
+                    | RegistryError::CredentialsRequired { .. }
                     | RegistryError::TokenRejected { .. }
                     | RegistryError::TokenNotAccepted { .. }
                     | RegistryError::Denied { .. }

@@ -54,6 +54,17 @@ pub enum RegistryError {
         source: Option<Box<OciDistributionError>>,
     },
     #[error(
+        "unauthorized: {registry} requires credentials for {repository}, and none were found\n\
+         hint: run `docker login {registry}`, or set REGISTRY_AUTH_FILE or DOCKER_CONFIG to a \
+         file with credentials for it"
+    )]
+    CredentialsRequired {
+        registry: String,
+        repository: String,
+        #[source]
+        source: Option<Box<OciDistributionError>>,
+    },
+    #[error(
         "access denied to {registry}/{repository}\n\
          hint: check that the account from `docker login {registry}` may {operation} this repository"
     )]

@@ -831,7 +831,7 @@ impl RegistryClient {
         operation: &'static str,
         what: String,
     ) -> RegistryError {
-        let classified = classify(
+        let mut classified = classify(
             error,
             Context {
                 registry: &reference.registry,
@@ -840,13 +840,33 @@ impl RegistryClient {
                 what,
             },
         );
+        let Some(host) = self.cached_host(&reference.registry) else {
+            return classified;
+        };
+        // Without credentials, a 401 means some are needed, not that they were wrong.
+        if let RegistryError::Unauthorized {
+            registry,
+            repository,
+            source,
+        } = classified
+        {
+            if matches!(host.credential(), Credential::Anonymous) {
+                return RegistryError::CredentialsRequired {
+                    registry,
+                    repository,
+                    source,
+                };
+            }
+            classified = RegistryError::Unauthorized {
+                registry,
+                repository,
+                source,
+            };
+        }
         // A 401 under bearer auth means the registry rejected the token, not the password
         // that the token server already accepted.
-        let realm = match self
-            .cached_host(&reference.registry)
-            .map(|host| host.challenge.clone())
-        {
-            Some(Challenge::Bearer { realm, .. }) => realm,
+        let realm = match &host.challenge {
+            Challenge::Bearer { realm, .. } => realm.clone(),
             _ => return classified,
         };
         match classified {
