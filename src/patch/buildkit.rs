@@ -102,7 +102,8 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-/// A failure of the BuildKit backend. Every variant names the endpoint.
+/// A failure of the BuildKit backend. Every variant about the engine names its endpoint,
+/// and every variant about a TLS flag names the flag.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildkitError {
     #[error("invalid BuildKit address {address:?}: {reason}")]
@@ -122,13 +123,13 @@ pub enum BuildkitError {
     )]
     TlsNeedsTcp { endpoint: Endpoint },
     #[error(
-        "{given} needs {flag}\n\
+        "{needed_by} needs {flag}\n\
          hint: --cacert is the CA certificate that signed the engine's certificate, and \
          --cert and --key are the client certificate and its key"
     )]
     TlsFlagMissing {
         flag: &'static str,
-        given: &'static str,
+        needed_by: &'static str,
     },
     #[error("failed to read the {flag} file {path}")]
     TlsFileUnreadable {
@@ -198,40 +199,13 @@ pub enum BuildkitError {
 
 /// Connects to the engine and checks that it builds with BuildKit.
 pub async fn connect(endpoint: &Endpoint) -> Result<Docker, BuildkitError> {
-    let unreachable = |source: bollard::errors::Error| {
-        if matches!(endpoint, Endpoint::TcpTls { .. }) && tls::is_tls_failure(&source) {
-            BuildkitError::TlsHandshake {
-                endpoint: endpoint.clone(),
-                source,
-            }
-        } else {
-            BuildkitError::Unreachable {
-                endpoint: endpoint.clone(),
-                source,
-            }
-        }
-    };
-    let version = bollard::API_DEFAULT_VERSION;
-    let docker =
-        match endpoint {
-            Endpoint::LocalDefault => Docker::connect_with_local_defaults().map_err(unreachable)?,
-            Endpoint::Unix(path) => {
-                Docker::connect_with_socket(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, version)
-                    .map_err(unreachable)?
-            }
-            Endpoint::Tcp(host) => {
-                Docker::connect_with_http(&format!("http://{host}"), REQUEST_TIMEOUT_SECS, version)
-                    .map_err(unreachable)?
-            }
-            Endpoint::TcpTls { host, tls } => tls::connect(host, tls, REQUEST_TIMEOUT_SECS)
-                .map_err(|source| BuildkitError::TlsSetup {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?,
-        };
+    let docker = open_client(endpoint)?;
     // Docker 20.10 serves API 1.41 at most, newer engines reject old versions, so the
     // version is agreed with the engine rather than fixed.
-    let docker = docker.negotiate_version().await.map_err(unreachable)?;
+    let docker = docker
+        .negotiate_version()
+        .await
+        .map_err(|source| connection_error(endpoint, source))?;
     let api = docker.client_version();
     // BuildKit builds through `POST /build?version=2` need API 1.39 (Docker 18.09).
     let (major, minor) = (api.major_version, api.minor_version);
@@ -243,6 +217,40 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Docker, BuildkitError> {
     }
     tracing::debug!(%endpoint, api = %format!("{major}.{minor}"), "connected to the Docker engine");
     Ok(docker)
+}
+
+/// Creates the bollard client for `endpoint` without sending a request.
+fn open_client(endpoint: &Endpoint) -> Result<Docker, BuildkitError> {
+    let version = bollard::API_DEFAULT_VERSION;
+    let client = match endpoint {
+        Endpoint::LocalDefault => Docker::connect_with_local_defaults(),
+        Endpoint::Unix(path) => {
+            Docker::connect_with_socket(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, version)
+        }
+        Endpoint::Tcp(host) => {
+            Docker::connect_with_http(&format!("http://{host}"), REQUEST_TIMEOUT_SECS, version)
+        }
+        Endpoint::TcpTls { host, tls } => {
+            return tls::connect(host, tls, REQUEST_TIMEOUT_SECS).map_err(|source| {
+                BuildkitError::TlsSetup {
+                    endpoint: endpoint.clone(),
+                    source,
+                }
+            });
+        }
+    };
+    client.map_err(|source| connection_error(endpoint, source))
+}
+
+/// Returns the error for a failed connection: a TLS failure on a TLS endpoint, else an
+/// unreachable engine.
+fn connection_error(endpoint: &Endpoint, source: bollard::errors::Error) -> BuildkitError {
+    let endpoint = endpoint.clone();
+    if matches!(endpoint, Endpoint::TcpTls { .. }) && tls::is_tls_failure(&source) {
+        BuildkitError::TlsHandshake { endpoint, source }
+    } else {
+        BuildkitError::Unreachable { endpoint, source }
+    }
 }
 
 /// Installs `updates` at their exact versions with apt-get in a build on `image` and

@@ -63,12 +63,12 @@ impl TlsFiles {
             (None, None) => None,
         };
         let Some(ca_cert) = &self.ca_cert else {
-            let given = if self.cert.is_some() {
+            let needed_by = if self.cert.is_some() {
                 "--cert"
             } else {
                 "--key"
             };
-            return Err(missing("--cacert", given));
+            return Err(missing("--cacert", needed_by));
         };
         read_certificates("--cacert", ca_cert)?;
         if let Some(client) = &client {
@@ -124,15 +124,15 @@ pub(super) fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool 
         if current.is::<rustls::Error>() {
             return true;
         }
-        // `io::Error::source` skips the error it wraps, so the wrapped one is checked here.
-        if let Some(io_error) = current.downcast_ref::<std::io::Error>()
-            && io_error
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            return true;
-        }
-        next = current.source();
+        // `io::Error::source` skips the error it wraps, and hyper-rustls wraps tokio-rustls'
+        // `io::Error` in another one, so the chain goes on through the wrapped error.
+        next = match current.downcast_ref::<std::io::Error>() {
+            Some(io_error) => match io_error.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => None,
+            },
+            None => current.source(),
+        };
     }
     false
 }
@@ -141,8 +141,8 @@ fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
-fn missing(flag: &'static str, given: &'static str) -> BuildkitError {
-    BuildkitError::TlsFlagMissing { flag, given }
+fn missing(flag: &'static str, needed_by: &'static str) -> BuildkitError {
+    BuildkitError::TlsFlagMissing { flag, needed_by }
 }
 
 fn invalid(flag: &'static str, path: &Path, reason: String) -> BuildkitError {
