@@ -45,8 +45,9 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `tcp://host:port`, plain HTTP.
     Tcp(String),
-    /// `tcp://host:port` over TLS.
-    TcpTls { host: String, tls: TlsSettings },
+    /// `tcp://host:port` over TLS. The settings are boxed to keep the errors that carry
+    /// an endpoint small.
+    TcpTls { host: String, tls: Box<TlsSettings> },
 }
 
 impl Endpoint {
@@ -85,7 +86,7 @@ impl Endpoint {
         match self {
             Endpoint::Tcp(host) => Ok(Endpoint::TcpTls {
                 host,
-                tls: files.check()?,
+                tls: Box::new(files.check()?),
             }),
             other => Err(BuildkitError::TlsNeedsTcp { endpoint: other }),
         }
