@@ -336,7 +336,7 @@ fn invalid_address_is_user_error() {
 }
 
 #[test]
-fn tls_without_client_cert_fails() {
+fn tls_handshake_failure_names_flags() {
     let security = security_fixture();
     let registry = registry_with_fixture();
     let pki = TestPki::create();
@@ -347,6 +347,7 @@ fn tls_without_client_cert_fails() {
     let other_ca = TestPki::create();
     let ca_cert = pki.ca_cert();
     let other_ca_cert = other_ca.ca_cert();
+
     let cases: [(&str, Vec<&Path>); 2] = [
         // The engine runs with --tlsverify, so it rejects a client without a certificate.
         ("no client certificate", vec![&ca_cert]),

@@ -50,7 +50,7 @@ impl TlsFiles {
     }
 
     /// Checks that the flags go together and that each file contains what its flag needs:
-    /// certificates in `--cacert` and `--cert`, one private key in `--key` that matches
+    /// certificates in `--cacert` and `--cert`, a private key in `--key` that matches
     /// the `--cert` certificate.
     pub fn check(&self) -> Result<TlsSettings, BuildkitError> {
         let client = match (&self.cert, &self.key) {
