@@ -227,10 +227,24 @@ pub struct PatchArgs {
     /// The Docker engine whose BuildKit installs the packages with apt-get, so maintainer
     /// scripts run: `docker://` (the local engine: `DOCKER_HOST` when it is a `unix://`
     /// address, else /var/run/docker.sock), `unix:///PATH/docker.sock` or `tcp://HOST:PORT`
-    /// (plain HTTP). Implies `--backend buildkit` unless `--backend` is given. A standalone
-    /// buildkitd is not supported.
+    /// (plain HTTP, or TLS with `--cacert`). Implies `--backend buildkit` unless `--backend`
+    /// is given. A standalone buildkitd is not supported.
     #[arg(long, short = 'a', visible_alias = "addr", value_name = "ADDR")]
     pub buildkit: Option<String>,
+
+    /// A PEM file of the CA certificates that the `tcp://` engine's certificate must chain
+    /// to, besides the system's. Makes the connection use TLS.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// A PEM client certificate presented to the `tcp://` engine, as `dockerd
+    /// --tlsverify` requires. Needs `--key` and `--cacert`.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// The PEM private key of `--cert`.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
 
     /// The backend that installs the packages. `inprocess` unpacks them without running
     /// maintainer scripts. `buildkit` runs apt-get in a BuildKit build on `--buildkit`.

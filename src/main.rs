@@ -14,7 +14,9 @@ use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 use cli::{BackendFlag, Cli, Command, OutputFormat, PatchArgs, ScannerFlag};
-use layermend::patch::{self, Backend, Endpoint, PatchOutcome, PatchSettings, PatchStatus};
+use layermend::patch::{
+    self, Backend, Endpoint, PatchOutcome, PatchSettings, PatchStatus, TlsFiles,
+};
 use layermend::report::ReportFormat;
 use layermend::vex::{self, VexError, VexOptions};
 use printer::{ProgressMode, ProgressPrinter};
@@ -405,17 +407,24 @@ fn settings_from_args(
     })
 }
 
-/// Resolves `--backend` and `--buildkit`: the address alone selects BuildKit, and
-/// `buildkit` or `auto` without an address use the local engine.
+/// Resolves `--backend`, `--buildkit` and its TLS flags: the address alone selects
+/// BuildKit, and `buildkit` or `auto` without an address use the local engine.
 fn backend(args: &PatchArgs) -> anyhow::Result<Backend> {
+    let tls = TlsFiles {
+        ca_cert: args.cacert.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+    };
     let endpoint = || -> anyhow::Result<Endpoint> {
-        Ok(Endpoint::parse(
-            args.buildkit.as_deref().unwrap_or("docker://"),
-        )?)
+        let address = args.buildkit.as_deref().unwrap_or("docker://");
+        Ok(Endpoint::parse(address)?.with_tls(&tls)?)
     };
     Ok(match (args.backend, &args.buildkit) {
         (Some(BackendFlag::Inprocess), Some(_)) => {
             anyhow::bail!("--buildkit needs --backend buildkit or auto, not inprocess")
+        }
+        (Some(BackendFlag::Inprocess), None) | (None, None) if !tls.is_empty() => {
+            anyhow::bail!("--cacert, --cert and --key need a tcp:// address in --buildkit")
         }
         (Some(BackendFlag::Inprocess), None) | (None, None) => Backend::InProcess,
         (Some(BackendFlag::Buildkit), _) | (None, Some(_)) => Backend::BuildKit(endpoint()?),

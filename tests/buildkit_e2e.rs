@@ -1,6 +1,8 @@
 //! End-to-end tests of the BuildKit backend: `layermend patch --buildkit` against a private
 //! dockerd (Debian's docker.io, 20.10, whose embedded BuildKit has no MergeOp or DiffOp),
-//! compared with the in-process backend on the same bookworm image and report.
+//! compared with the in-process backend on the same bookworm image and report. The
+//! comparison reaches the engine on loopback TCP with mutual TLS, the other tests on its
+//! unix socket.
 //!
 //! Needs root, the network access apt is configured for, and the tools `.ci/run` installs
 //! (docker.io among them).
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use common::auth::TestPki;
 use common::dockerd::Dockerd;
 use common::tree::{self, FileState};
 use common::{
@@ -82,7 +85,9 @@ fn is_tool_state(path: &str) -> bool {
 fn buildkit_patch_matches_inprocess() {
     let security = security_fixture();
     let registry = registry_with_fixture();
-    let dockerd = Dockerd::start();
+    let pki = TestPki::create();
+    let (client_cert, client_key) = pki.client_cert();
+    let dockerd = Dockerd::start_with_tls(&pki);
     let source = registry.image(&format!("{REPOSITORY}:{SOURCE_TAG}"));
     let report = path_str(&security.report);
 
@@ -91,7 +96,7 @@ fn buildkit_patch_matches_inprocess() {
         inprocess.code, 0,
         "in-process patch must succeed\n{inprocess}"
     );
-    let address = dockerd.address();
+    let address = dockerd.tls_address();
     let buildkit = layermend(&[
         "patch",
         "-i",
@@ -102,6 +107,12 @@ fn buildkit_patch_matches_inprocess() {
         "buildkit",
         "--buildkit",
         &address,
+        "--cacert",
+        path_str(&pki.ca_cert()),
+        "--cert",
+        path_str(&client_cert),
+        "--key",
+        path_str(&client_key),
     ]);
     assert_eq!(buildkit.code, 0, "BuildKit patch must succeed\n{buildkit}");
     for update in &security.updates {
@@ -320,6 +331,116 @@ fn invalid_address_is_user_error() {
         outcome
             .stderr
             .contains("invalid BuildKit address \"ssh://host\""),
+        "{outcome}"
+    );
+}
+
+#[test]
+fn tls_handshake_failure_names_flags() {
+    let security = security_fixture();
+    let registry = registry_with_fixture();
+    let pki = TestPki::create();
+    let (client_cert, client_key) = pki.client_cert();
+    let dockerd = Dockerd::start_with_tls(&pki);
+    let source = registry.image(&format!("{REPOSITORY}:{SOURCE_TAG}"));
+    let address = dockerd.tls_address();
+    let other_ca = TestPki::create();
+    let ca_cert = pki.ca_cert();
+    let other_ca_cert = other_ca.ca_cert();
+
+    let cases: [(&str, Vec<&Path>); 2] = [
+        // The engine runs with --tlsverify, so it rejects a client without a certificate.
+        ("no client certificate", vec![&ca_cert]),
+        // The engine's certificate is not signed by the CA given.
+        (
+            "another CA",
+            vec![&other_ca_cert, &client_cert, &client_key],
+        ),
+    ];
+    for (case, files) in cases {
+        let mut args = vec![
+            "patch".to_owned(),
+            "-i".to_owned(),
+            source.clone(),
+            "-r".to_owned(),
+            path_str(&security.report).to_owned(),
+            "--buildkit".to_owned(),
+            address.clone(),
+        ];
+        for (flag, file) in ["--cacert", "--cert", "--key"].iter().zip(files) {
+            args.push((*flag).to_owned());
+            args.push(path_str(file).to_owned());
+        }
+        let outcome = layermend(&args);
+        assert_eq!(
+            outcome.code, 1,
+            "{case}: a rejected connection is a failure\n{outcome}"
+        );
+        assert!(
+            outcome.stderr.contains("TLS connection"),
+            "{case}: the error must say TLS failed\n{outcome}"
+        );
+        assert!(
+            outcome.stderr.contains(&address),
+            "{case}: the error must name the address\n{outcome}"
+        );
+        assert!(
+            outcome.stderr.contains("check --cacert, --cert and --key"),
+            "{case}: the error must point at the TLS flags\n{outcome}"
+        );
+    }
+    assert!(
+        registry.manifest(REPOSITORY, "bookworm-patched").is_none(),
+        "nothing may be pushed"
+    );
+}
+
+#[test]
+fn tls_flags_need_tcp_address() {
+    let pki = TestPki::create();
+    let outcome = layermend(&[
+        "patch",
+        "-i",
+        "oci:/nonexistent:tag",
+        "--buildkit",
+        "unix:///run/docker.sock",
+        "--cacert",
+        path_str(&pki.ca_cert()),
+    ]);
+    assert_eq!(
+        outcome.code, 2,
+        "TLS flags with a unix address are a user error\n{outcome}"
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains("apply to tcp:// addresses only, not unix:///run/docker.sock"),
+        "{outcome}"
+    );
+}
+
+#[test]
+fn tls_file_missing_is_user_error() {
+    let missing = tempfile::tempdir().unwrap();
+    let ca_cert = missing.path().join("ca.pem");
+    let outcome = layermend(&[
+        "patch",
+        "-i",
+        "oci:/nonexistent:tag",
+        "--buildkit",
+        "tcp://127.0.0.1:2376",
+        "--cacert",
+        path_str(&ca_cert),
+    ]);
+    assert_eq!(
+        outcome.code, 2,
+        "a missing TLS file is a user error\n{outcome}"
+    );
+    assert!(
+        outcome.stderr.contains(&format!(
+            "failed to read the --cacert file {}",
+            ca_cert.display()
+        )),
         "{outcome}"
     );
 }

@@ -25,6 +25,10 @@ use super::manifest::SourceImage;
 use crate::layer::{self, BuiltLayer, LayerError};
 use crate::transport::{ImageStore, TransportError};
 
+mod tls;
+
+pub use tls::{ClientCertificate, TlsFiles, TlsSettings};
+
 /// Seconds a single engine API request may take. Builds stream their progress, so for
 /// them this bounds a silence rather than the whole build.
 const REQUEST_TIMEOUT_SECS: u64 = 600;
@@ -41,6 +45,9 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `tcp://host:port`, plain HTTP.
     Tcp(String),
+    /// `tcp://host:port` over TLS. The settings are boxed to keep the errors that carry
+    /// an endpoint small.
+    TcpTls { host: String, tls: Box<TlsSettings> },
 }
 
 impl Endpoint {
@@ -69,6 +76,21 @@ impl Endpoint {
             "expected docker://, unix:///PATH/docker.sock or tcp://HOST:PORT",
         ))
     }
+
+    /// Returns this endpoint with TLS when any of `files` is given, after checking the
+    /// files. Only a `tcp://` endpoint takes TLS files.
+    pub fn with_tls(self, files: &TlsFiles) -> Result<Endpoint, BuildkitError> {
+        if files.is_empty() {
+            return Ok(self);
+        }
+        match self {
+            Endpoint::Tcp(host) => Ok(Endpoint::TcpTls {
+                host,
+                tls: Box::new(files.check()?),
+            }),
+            other => Err(BuildkitError::TlsNeedsTcp { endpoint: other }),
+        }
+    }
 }
 
 impl std::fmt::Display for Endpoint {
@@ -76,12 +98,13 @@ impl std::fmt::Display for Endpoint {
         match self {
             Endpoint::LocalDefault => f.write_str("docker://"),
             Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
-            Endpoint::Tcp(host) => write!(f, "tcp://{host}"),
+            Endpoint::Tcp(host) | Endpoint::TcpTls { host, .. } => write!(f, "tcp://{host}"),
         }
     }
 }
 
-/// A failure of the BuildKit backend. Every variant names the endpoint.
+/// A failure of the BuildKit backend. Every variant about the engine names its endpoint,
+/// and every variant about a TLS flag names the flag.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildkitError {
     #[error("invalid BuildKit address {address:?}: {reason}")]
@@ -91,6 +114,50 @@ pub enum BuildkitError {
          hint: start dockerd, or pass its socket with --buildkit unix:///PATH/docker.sock"
     )]
     Unreachable {
+        endpoint: Endpoint,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error(
+        "--cacert, --cert and --key apply to tcp:// addresses only, not {endpoint}\n\
+         hint: a unix socket or docker:// address connects without TLS; drop the TLS flags"
+    )]
+    TlsNeedsTcp { endpoint: Endpoint },
+    #[error(
+        "{needed_by} needs {flag}\n\
+         hint: --cacert is the CA certificate that signed the engine's certificate, and \
+         --cert and --key are the client certificate and its key"
+    )]
+    TlsFlagMissing {
+        flag: &'static str,
+        needed_by: &'static str,
+    },
+    #[error("failed to read the {flag} file {path}")]
+    TlsFileUnreadable {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {flag} file {path} is invalid: {reason}")]
+    TlsFileInvalid {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "the TLS connection to the Docker engine at {endpoint} failed\n\
+         hint: check --cacert, --cert and --key: the engine's certificate must be signed by \
+         the --cacert CA, and an engine started with --tlsverify needs a client certificate \
+         it trusts"
+    )]
+    TlsHandshake {
+        endpoint: Endpoint,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("failed to set up TLS for the Docker engine at {endpoint}")]
+    TlsSetup {
         endpoint: Endpoint,
         #[source]
         source: bollard::errors::Error,
@@ -133,24 +200,13 @@ pub enum BuildkitError {
 
 /// Connects to the engine and checks that it builds with BuildKit.
 pub async fn connect(endpoint: &Endpoint) -> Result<Docker, BuildkitError> {
-    let unreachable = |source| BuildkitError::Unreachable {
-        endpoint: endpoint.clone(),
-        source,
-    };
-    let version = bollard::API_DEFAULT_VERSION;
-    let docker = match endpoint {
-        Endpoint::LocalDefault => Docker::connect_with_local_defaults(),
-        Endpoint::Unix(path) => {
-            Docker::connect_with_socket(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, version)
-        }
-        Endpoint::Tcp(host) => {
-            Docker::connect_with_http(&format!("http://{host}"), REQUEST_TIMEOUT_SECS, version)
-        }
-    }
-    .map_err(unreachable)?;
+    let docker = open_client(endpoint)?;
     // Docker 20.10 serves API 1.41 at most, newer engines reject old versions, so the
     // version is agreed with the engine rather than fixed.
-    let docker = docker.negotiate_version().await.map_err(unreachable)?;
+    let docker = docker
+        .negotiate_version()
+        .await
+        .map_err(|source| connection_error(endpoint, source))?;
     let api = docker.client_version();
     // BuildKit builds through `POST /build?version=2` need API 1.39 (Docker 18.09).
     let (major, minor) = (api.major_version, api.minor_version);
@@ -162,6 +218,40 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Docker, BuildkitError> {
     }
     tracing::debug!(%endpoint, api = %format!("{major}.{minor}"), "connected to the Docker engine");
     Ok(docker)
+}
+
+/// Creates the bollard client for `endpoint` without sending a request.
+fn open_client(endpoint: &Endpoint) -> Result<Docker, BuildkitError> {
+    let version = bollard::API_DEFAULT_VERSION;
+    let client = match endpoint {
+        Endpoint::LocalDefault => Docker::connect_with_local_defaults(),
+        Endpoint::Unix(path) => {
+            Docker::connect_with_socket(&path.to_string_lossy(), REQUEST_TIMEOUT_SECS, version)
+        }
+        Endpoint::Tcp(host) => {
+            Docker::connect_with_http(&format!("http://{host}"), REQUEST_TIMEOUT_SECS, version)
+        }
+        Endpoint::TcpTls { host, tls } => {
+            return tls::connect(host, tls, REQUEST_TIMEOUT_SECS).map_err(|source| {
+                BuildkitError::TlsSetup {
+                    endpoint: endpoint.clone(),
+                    source,
+                }
+            });
+        }
+    };
+    client.map_err(|source| connection_error(endpoint, source))
+}
+
+/// Returns the error for a failed connection: a TLS failure on a TLS endpoint, else an
+/// unreachable engine.
+fn connection_error(endpoint: &Endpoint, source: bollard::errors::Error) -> BuildkitError {
+    let endpoint = endpoint.clone();
+    if matches!(endpoint, Endpoint::TcpTls { .. }) && tls::is_tls_failure(&source) {
+        BuildkitError::TlsHandshake { endpoint, source }
+    } else {
+        BuildkitError::Unreachable { endpoint, source }
+    }
 }
 
 /// Installs `updates` at their exact versions with apt-get in a build on `image` and
@@ -574,6 +664,25 @@ mod tests {
         );
         assert!(Endpoint::parse("unix://relative.sock").is_err());
         assert!(Endpoint::parse("ssh://host").is_err());
+    }
+
+    #[test]
+    fn tls_files_need_tcp() {
+        let files = TlsFiles {
+            ca_cert: Some(PathBuf::from("/nonexistent/ca.pem")),
+            ..TlsFiles::default()
+        };
+        for address in ["unix:///run/docker.sock", "docker://"] {
+            let endpoint = Endpoint::parse(address).unwrap();
+            let error = endpoint.with_tls(&files).unwrap_err();
+            assert!(
+                matches!(error, BuildkitError::TlsNeedsTcp { .. }),
+                "{address}: {error}"
+            );
+            assert!(error.to_string().contains(address), "{error}");
+        }
+        let plain = Endpoint::parse("tcp://127.0.0.1:2376").unwrap();
+        assert_eq!(plain.clone().with_tls(&TlsFiles::default()).unwrap(), plain);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::transport::{ImageStore, Location, TransportError};
 
 use reports::Reports;
 
-pub use buildkit::{BuildkitError, Endpoint};
+pub use buildkit::{BuildkitError, ClientCertificate, Endpoint, TlsFiles, TlsSettings};
 pub use events::{Event, NoReporter, Phase, Reporter, Transfer};
 pub use outcome::{
     Distro, FailedPackage, OUTCOME_SCHEMA_VERSION, PackageUpdate, PatchOutcome, PatchStatus,
@@ -222,7 +222,12 @@ impl PatchError {
             PatchError::Alpine(err) => err.is_user_error(),
             PatchError::Buildkit(err) => matches!(
                 err,
-                BuildkitError::InvalidAddress { .. } | BuildkitError::UnsupportedOs { .. }
+                BuildkitError::InvalidAddress { .. }
+                    | BuildkitError::UnsupportedOs { .. }
+                    | BuildkitError::TlsNeedsTcp { .. }
+                    | BuildkitError::TlsFlagMissing { .. }
+                    | BuildkitError::TlsFileUnreadable { .. }
+                    | BuildkitError::TlsFileInvalid { .. }
             ),
             PatchError::Transport(err) => err.is_user_error(),
             _ => false,

@@ -111,6 +111,45 @@ impl TestPki {
         self.dir.path().join("ca.crt")
     }
 
+    /// Issues a client certificate (extendedKeyUsage clientAuth) signed by the test CA
+    /// and returns the paths of the certificate and its key.
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        let path = |name: &str| self.dir.path().join(name);
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=layermend test client",
+            ])
+            .arg("-keyout")
+            .arg(path("client.key"))
+            .arg("-out")
+            .arg(path("client.csr")));
+        fs_err::write(
+            path("client.ext"),
+            "basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(path("client.csr"))
+            .arg("-CA")
+            .arg(path("ca.crt"))
+            .arg("-CAkey")
+            .arg(path("ca.key"))
+            .arg("-extfile")
+            .arg(path("client.ext"))
+            .arg("-out")
+            .arg(path("client.crt")));
+        (path("client.crt"), path("client.key"))
+    }
+
     /// Creates a directory with `ca.crt`, as skopeo's `--dest-cert-dir` expects.
     pub fn cert_dir(&self) -> PathBuf {
         let dir = self.dir.path().join("certs.d");

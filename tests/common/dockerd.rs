@@ -1,5 +1,6 @@
 //! A private Docker engine for the BuildKit tests: `dockerd` on a socket in a temporary
-//! directory, without a bridge network or iptables rules, stopped by PID on drop.
+//! directory, and optionally on a loopback TCP port with mutual TLS, without a bridge
+//! network or iptables rules, stopped by PID on drop.
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::auth::{TestPki, free_port};
 use super::require_tool;
 
 /// Time dockerd may take before its socket responds.
@@ -19,11 +21,24 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Dockerd {
     child: Child,
     dir: TempDir,
+    /// The loopback port of the TLS listener, when there is one.
+    tls_port: Option<u16>,
 }
 
 impl Dockerd {
     /// Starts dockerd and waits until its API responds to `GET /_ping`.
     pub fn start() -> Dockerd {
+        Dockerd::start_with(None)
+    }
+
+    /// Starts dockerd with a second listener on `tcp://127.0.0.1:PORT` that requires
+    /// TLS with a client certificate signed by the test CA (`--tlsverify`), serving the
+    /// PKI's server certificate.
+    pub fn start_with_tls(pki: &TestPki) -> Dockerd {
+        Dockerd::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&TestPki>) -> Dockerd {
         require_tool("dockerd");
         let dir = tempfile::Builder::new()
             .prefix("layermend-dockerd-")
@@ -34,9 +49,25 @@ impl Dockerd {
             .unwrap()
             .into_parts()
             .0;
-        let child = Command::new("dockerd")
+        let mut command = Command::new("dockerd");
+        command
             .arg("-H")
-            .arg(format!("unix://{}", root.join("docker.sock").display()))
+            .arg(format!("unix://{}", root.join("docker.sock").display()));
+        let tls_port = pki.map(|pki| {
+            let port = free_port();
+            command
+                .arg("-H")
+                .arg(format!("tcp://127.0.0.1:{port}"))
+                .arg("--tlsverify")
+                .arg("--tlscacert")
+                .arg(pki.ca_cert())
+                .arg("--tlscert")
+                .arg(pki.dir.path().join("server.crt"))
+                .arg("--tlskey")
+                .arg(pki.dir.path().join("server.key"));
+            port
+        });
+        let child = command
             .arg("--data-root")
             .arg(root.join("data"))
             .arg("--exec-root")
@@ -49,7 +80,11 @@ impl Dockerd {
             .stderr(log)
             .spawn()
             .expect("start dockerd");
-        let mut dockerd = Dockerd { child, dir };
+        let mut dockerd = Dockerd {
+            child,
+            dir,
+            tls_port,
+        };
         dockerd.wait_ready();
         dockerd
     }
@@ -57,6 +92,12 @@ impl Dockerd {
     /// Returns the `unix://` address of the engine's socket.
     pub fn address(&self) -> String {
         format!("unix://{}", self.socket().display())
+    }
+
+    /// Returns the `tcp://` address of the TLS listener.
+    pub fn tls_address(&self) -> String {
+        let port = self.tls_port.expect("dockerd started with start_with_tls");
+        format!("tcp://127.0.0.1:{port}")
     }
 
     fn socket(&self) -> PathBuf {
@@ -85,7 +126,10 @@ impl Dockerd {
                     self.log()
                 );
             }
-            if ping(&self.socket()) {
+            let tcp_ready = self
+                .tls_port
+                .is_none_or(|port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+            if ping(&self.socket()) && tcp_ready {
                 return;
             }
             if Instant::now() > deadline {
