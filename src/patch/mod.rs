@@ -221,7 +221,9 @@ impl PatchError {
             PatchError::Alpine(err) => err.is_user_error(),
             PatchError::Buildkit(err) => matches!(
                 err,
-                BuildkitError::InvalidAddress { .. } | BuildkitError::UnsupportedOs { .. }
+                BuildkitError::InvalidAddress { .. }
+                    | BuildkitError::UnsupportedOs { .. }
+                    | BuildkitError::ForeignPlatform { .. }
             ),
             PatchError::Transport(err) => err.is_user_error(),
             _ => false,
