@@ -642,6 +642,43 @@ mod tests {
         assert!(Endpoint::parse("ssh://host").is_err());
     }
 
+    fn status(name: &str, started: bool, error: &str) -> BuildInfo {
+        let vertex = bollard::moby::buildkit::v1::Vertex {
+            name: name.to_owned(),
+            started: started.then(Default::default),
+            error: error.to_owned(),
+            ..Default::default()
+        };
+        let response = bollard::moby::buildkit::v1::StatusResponse {
+            vertexes: vec![vertex],
+            ..Default::default()
+        };
+        BuildInfo {
+            aux: Some(BuildInfoAux::BuildKit(response)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn build_output_failure_before_run() {
+        let mut output = BuildOutput::default();
+        let step = "[internal] load metadata for docker.io/library/base:1";
+        output.record(&status(step, true, "no such host"));
+        output.record(&status("[2/2] RUN apt-get update", false, ""));
+        assert!(!output.run_started);
+        assert_eq!(output.failed_step.as_deref(), Some(step));
+    }
+
+    #[test]
+    fn build_output_failure_in_run() {
+        let mut output = BuildOutput::default();
+        let step = "[2/2] RUN apt-get update";
+        output.record(&status(step, true, ""));
+        output.record(&status(step, true, "exit code: 100"));
+        assert!(output.run_started);
+        assert_eq!(output.failed_step.as_deref(), Some(step));
+    }
+
     #[test]
     fn dockerfile_pins_versions() {
         let update = PackageUpdate {
