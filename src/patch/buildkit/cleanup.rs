@@ -53,10 +53,10 @@ impl TempImages {
 }
 
 impl Drop for TempImages {
-    /// Removes the images of a cancelled build. The caller's runtime may be the one that
-    /// is shutting down, and a runtime cannot block on itself, so the removal runs on a
-    /// new thread with its own runtime and a new connection, and `drop` waits for it at
-    /// most [`DROP_CLEANUP_TIMEOUT`].
+    /// Removes the images of a cancelled build. The caller's runtime may be shutting down,
+    /// and a runtime cannot block on itself. So the removal runs on a new thread with its
+    /// own runtime and connection, and `drop` waits for it at most
+    /// [`DROP_CLEANUP_TIMEOUT`].
     ///
     /// NOTE: the engine cancels a build when its connection closes, but an image that
     /// the engine finishes writing after the removal (a load or a build completing in

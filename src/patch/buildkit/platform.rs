@@ -37,7 +37,7 @@ pub(super) async fn engine_platform(
 }
 
 /// Checks that the engine runs images of `platform`. An image whose config names no
-/// platform passes, because the engine then treats it as its own.
+/// platform passes, because there is nothing to compare.
 ///
 /// NOTE: the variant is not compared, so an arm/v6 image passes on an arm/v7 engine.
 pub(super) fn check_runs(
