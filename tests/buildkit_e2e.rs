@@ -627,7 +627,8 @@ fn buildkit_cancelled_build_removes_images() {
         "an interrupted build must remove its images\n{stderr}"
     );
 
-    // --timeout expiring a little after the build started, as measured above.
+    // --timeout expiring 2 s after the build started, as measured above: apt-get update
+    // and install in the build take longer than that.
     let timeout = format!("{}ms", (to_build + Duration::from_secs(2)).as_millis());
     let mut child = spawn_buildkit_patch(&registry, &dockerd, &["--timeout", &timeout]);
     let base_seen = wait_for_base(&dockerd, &mut child).is_some();
