@@ -12,6 +12,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -613,4 +614,159 @@ fn add_layer(layout: &Path, from: &str, to: &str, path: &str) {
     tagged["annotations"]["org.opencontainers.image.ref.name"] = json!(to);
     index["manifests"].as_array_mut().unwrap().push(tagged);
     fs_err::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// Returns the `layermend-buildkit-*` images in the engine, one `REPOSITORY:TAG` a line.
+fn temporary_images(dockerd: &Dockerd) -> Vec<String> {
+    let output = dockerd.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(output.status.success(), "docker images: {output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with("layermend-buildkit-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn buildkit_foreign_platform_rejected() {
+    let layout = PathBuf::from(
+        common::run_stdout(&mut std::process::Command::new(common::fixture_script(
+            "arm64.sh",
+        )))
+        .trim(),
+    )
+    .join("layout");
+    let security = security_fixture();
+    let dockerd = Dockerd::start();
+    let work = tempfile::tempdir().unwrap();
+    let destination = work.path().join("out");
+    let address = dockerd.address();
+    let outcome = layermend(&[
+        "patch",
+        "-i",
+        &format!("oci:{}:bookworm", layout.display()),
+        "-r",
+        path_str(&security.report),
+        "-t",
+        &format!("oci:{}:patched", destination.display()),
+        "--buildkit",
+        &address,
+    ]);
+    assert_eq!(
+        outcome.code, 2,
+        "a foreign platform is a user error\n{outcome}"
+    );
+    assert!(
+        outcome.stderr.contains("cannot build for linux/arm64/v8"),
+        "the error must name the image's platform\n{outcome}"
+    );
+    assert!(
+        outcome.stderr.contains("runs linux/amd64 images"),
+        "the error must name the engine's platform\n{outcome}"
+    );
+    assert!(
+        outcome.stderr.contains("--platform linux/amd64"),
+        "the hint must name --platform\n{outcome}"
+    );
+    assert!(
+        outcome.stderr.contains("--backend inprocess"),
+        "the hint must name the in-process backend\n{outcome}"
+    );
+    assert!(
+        !outcome.stderr.contains("package manager failed"),
+        "the error must not blame apt-get\n{outcome}"
+    );
+    assert!(temporary_images(&dockerd).is_empty());
+    assert!(!destination.exists(), "nothing may be written\n{outcome}");
+}
+
+/// Runs `layermend patch --buildkit` on the bookworm fixture with `extra` arguments,
+/// starting it without waiting.
+fn spawn_buildkit_patch(
+    registry: &Registry,
+    dockerd: &Dockerd,
+    extra: &[&str],
+) -> std::process::Child {
+    let binary =
+        std::env::var_os("LAYERMEND_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_layermend").into());
+    std::process::Command::new(binary)
+        .args(["patch", "-i"])
+        .arg(registry.image(&format!("{REPOSITORY}:{SOURCE_TAG}")))
+        .arg("-r")
+        .arg(&security_fixture().report)
+        .arg("--buildkit")
+        .arg(dockerd.address())
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the layermend binary")
+}
+
+/// Waits until the build's base image is in the engine, so the build is running, and
+/// returns the time that took; `None` when `child` exits first.
+fn wait_for_base(dockerd: &Dockerd, child: &mut std::process::Child) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(300) {
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        let images = temporary_images(dockerd);
+        if images
+            .iter()
+            .any(|image| image.starts_with("layermend-buildkit-base:"))
+        {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn buildkit_cancelled_build_removes_images() {
+    let registry = registry_with_fixture();
+    let dockerd = Dockerd::start();
+
+    // SIGINT while the build runs.
+    let mut child = spawn_buildkit_patch(&registry, &dockerd, &[]);
+    let Some(to_build) = wait_for_base(&dockerd, &mut child) else {
+        panic!("the build never started: {:?}", child.wait_with_output());
+    };
+    // SAFETY: kill(2) with the PID of the child this test started.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "interrupted run\n{stderr}");
+    assert_eq!(
+        temporary_images(&dockerd),
+        Vec::<String>::new(),
+        "an interrupted build must remove its images\n{stderr}"
+    );
+
+    // --timeout expiring 2 s after the build started, as measured above: apt-get update
+    // and install in the build take longer than that.
+    let timeout = format!("{}ms", (to_build + Duration::from_secs(2)).as_millis());
+    let mut child = spawn_buildkit_patch(&registry, &dockerd, &["--timeout", &timeout]);
+    let base_seen = wait_for_base(&dockerd, &mut child).is_some();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "timed-out run\n{stderr}");
+    assert!(
+        stderr.contains("did not finish within"),
+        "the error must say the run timed out\n{stderr}"
+    );
+    assert!(
+        base_seen,
+        "the timeout must expire during the build, after the base was loaded\n{stderr}"
+    );
+    assert_eq!(
+        temporary_images(&dockerd),
+        Vec::<String>::new(),
+        "a timed-out build must remove its images\n{stderr}"
+    );
 }

@@ -7,13 +7,16 @@
 //! `FROM base` + `RUN apt-get install pkg=version…` is built, and the layer is taken from
 //! `docker save` of the result, where the one layer beyond the base's is the `RUN` step's.
 
+mod cleanup;
+mod platform;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
 use bollard::models::{BuildInfo, BuildInfoAux};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, BuilderVersion, ImportImageOptionsBuilder, RemoveImageOptionsBuilder,
+    BuildImageOptionsBuilder, BuilderVersion, ImportImageOptionsBuilder,
 };
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -21,8 +24,9 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::PackageUpdate;
-use super::manifest::SourceImage;
+use super::manifest::{self, SourceImage};
 use crate::layer::{self, BuiltLayer, LayerError};
+use crate::registry::Platform;
 use crate::transport::{ImageStore, TransportError};
 
 mod tls;
@@ -170,13 +174,39 @@ pub enum BuildkitError {
     NotSupported { endpoint: Endpoint, reason: String },
     #[error("{distribution} images cannot be patched with BuildKit; only Debian-based ones can")]
     UnsupportedOs { distribution: String },
+    #[error(
+        "the Docker engine at {endpoint} runs {engine} images and cannot build for {platform}: \
+         it has no emulation\n\
+         hint: limit the run to the engine's platform with --platform {engine}, or patch \
+         {platform} with the in-process backend (--backend inprocess)"
+    )]
+    ForeignPlatform {
+        endpoint: Endpoint,
+        platform: String,
+        engine: String,
+    },
     #[error("failed to load the base image into the Docker engine at {endpoint}: {message}")]
     Load { endpoint: Endpoint, message: String },
+    #[error(
+        "the base image loaded as {tag} is not usable in the Docker engine at {endpoint}: \
+         {reason}; the build did not start, so the engine cannot look for it in a registry"
+    )]
+    LoadedBaseMissing {
+        endpoint: Endpoint,
+        tag: String,
+        reason: String,
+    },
     #[error("the package manager failed in the build on {endpoint}: {message}\n{output}")]
     BuildFailed {
         endpoint: Endpoint,
         message: String,
         output: String,
+    },
+    #[error("the build on {endpoint} failed before apt-get ran, at the step {step:?}: {message}")]
+    BuildSetup {
+        endpoint: Endpoint,
+        step: String,
+        message: String,
     },
     #[error("failed to save the built image from {endpoint}")]
     Save {
@@ -254,9 +284,20 @@ fn connection_error(endpoint: &Endpoint, source: bollard::errors::Error) -> Buil
     }
 }
 
+/// Checks that the engine at `endpoint` runs images of `platform`, so that a run fails
+/// before resolving packages it could not install.
+pub async fn check_platform(
+    endpoint: &Endpoint,
+    platform: Option<&Platform>,
+) -> Result<(), BuildkitError> {
+    let docker = connect(endpoint).await?;
+    let engine = platform::engine_platform(&docker, endpoint).await?;
+    platform::check_runs(endpoint, &engine, platform)
+}
+
 /// Installs `updates` at their exact versions with apt-get in a build on `image` and
 /// returns the build's new layer, written into `work_dir`. The images it creates in the
-/// engine are removed afterwards, whether the build worked or not.
+/// engine are removed afterwards, whether the build worked, failed or was cancelled.
 pub async fn build_layer(
     endpoint: &Endpoint,
     source: &ImageStore,
@@ -265,31 +306,28 @@ pub async fn build_layer(
     work_dir: &Path,
 ) -> Result<BuiltLayer, BuildkitError> {
     let docker = connect(endpoint).await?;
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-    );
+    let platform = platform::engine_platform(&docker, endpoint).await?;
+    let image_platform = manifest::config_platform(&image.config_bytes);
+    platform::check_runs(endpoint, &platform, image_platform.as_ref())?;
+    let mut images = cleanup::TempImages::new(endpoint);
     let engine = Engine {
         docker,
         endpoint,
-        base_tag: format!("layermend-buildkit-base:{unique}"),
-        built_tag: format!("layermend-buildkit-patched:{unique}"),
+        platform,
+        base_tag: images.base_tag.clone(),
+        built_tag: images.built_tag.clone(),
     };
     let result = build_in_engine(&engine, source, image, updates, work_dir).await;
-    for tag in [&engine.built_tag, &engine.base_tag] {
-        let options = RemoveImageOptionsBuilder::new().force(true).build();
-        if let Err(error) = engine.docker.remove_image(tag, Some(options), None).await {
-            tracing::debug!(%endpoint, tag, %error, "temporary image not removed");
-        }
-    }
+    images.remove(&engine.docker).await;
     result
 }
 
-/// A connected engine and the tags of the temporary images one build creates there.
+/// A connected engine, its platform, and the tags of the temporary images one build
+/// creates there.
 struct Engine<'a> {
     docker: Docker,
     endpoint: &'a Endpoint,
+    platform: Platform,
     base_tag: String,
     built_tag: String,
 }
@@ -306,6 +344,14 @@ async fn build_in_engine(
     let archive = dir.join("base.tar");
     write_load_archive(source, image, &engine.base_tag, &dir, &archive).await?;
     load(engine, &archive).await?;
+    platform::check_loaded(
+        &engine.docker,
+        engine.endpoint,
+        &engine.base_tag,
+        &image.config_bytes,
+        &engine.platform,
+    )
+    .await?;
     build(engine, updates).await?;
     let saved = dir.join("saved.tar");
     save(engine, &saved).await?;
@@ -476,22 +522,35 @@ async fn build(engine: &Engine<'_>, updates: &[PackageUpdate]) -> Result<(), Bui
             Err(error) => tracing::debug!(%endpoint, %error, "further build error"),
         }
     }
-    match failure {
-        None => Ok(()),
-        Some(message) => Err(BuildkitError::BuildFailed {
+    let Some(message) = failure else {
+        return Ok(());
+    };
+    // A failure before the `RUN` step, such as resolving `FROM`, has no apt-get output.
+    if output.run_started {
+        return Err(BuildkitError::BuildFailed {
             endpoint: endpoint.clone(),
             message,
             output: output.text(),
-        }),
+        });
     }
+    Err(BuildkitError::BuildSetup {
+        endpoint: endpoint.clone(),
+        step: output.failed_step.unwrap_or_default(),
+        message,
+    })
 }
 
-/// The last lines the build steps wrote to stdout and to stderr, kept apart because
-/// apt-get writes its `E:` lines to stderr, after pages of stdout.
+/// The last lines the build steps wrote to stdout and to stderr, and the steps' progress.
+/// The streams are kept apart because apt-get writes its `E:` lines to stderr, after pages
+/// of stdout.
 #[derive(Default)]
 struct BuildOutput {
     stdout: OutputTail,
     stderr: OutputTail,
+    /// Whether the `RUN` step, the one that runs apt-get, started.
+    run_started: bool,
+    /// The name of the first step that reported an error.
+    failed_step: Option<String>,
 }
 
 impl BuildOutput {
@@ -509,8 +568,15 @@ impl BuildOutput {
             tail.add(&log.msg);
         }
         for vertex in &status.vertexes {
+            // BuildKit names a Dockerfile step `[N/M] INSTRUCTION ARGS`.
+            if vertex.started.is_some() && vertex.name.contains("] RUN ") {
+                self.run_started = true;
+            }
             if !vertex.error.is_empty() {
                 tracing::debug!(step = %vertex.name, error = %vertex.error, "build step failed");
+                if self.failed_step.is_none() {
+                    self.failed_step = Some(vertex.name.clone());
+                }
             }
         }
     }
@@ -664,6 +730,43 @@ mod tests {
         );
         assert!(Endpoint::parse("unix://relative.sock").is_err());
         assert!(Endpoint::parse("ssh://host").is_err());
+    }
+
+    fn status(name: &str, started: bool, error: &str) -> BuildInfo {
+        let vertex = bollard::moby::buildkit::v1::Vertex {
+            name: name.to_owned(),
+            started: started.then(Default::default),
+            error: error.to_owned(),
+            ..Default::default()
+        };
+        let response = bollard::moby::buildkit::v1::StatusResponse {
+            vertexes: vec![vertex],
+            ..Default::default()
+        };
+        BuildInfo {
+            aux: Some(BuildInfoAux::BuildKit(response)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn build_output_failure_before_run() {
+        let mut output = BuildOutput::default();
+        let step = "[internal] load metadata for docker.io/library/base:1";
+        output.record(&status(step, true, "no such host"));
+        output.record(&status("[2/2] RUN apt-get update", false, ""));
+        assert!(!output.run_started);
+        assert_eq!(output.failed_step.as_deref(), Some(step));
+    }
+
+    #[test]
+    fn build_output_failure_in_run() {
+        let mut output = BuildOutput::default();
+        let step = "[2/2] RUN apt-get update";
+        output.record(&status(step, true, ""));
+        output.record(&status(step, true, "exit code: 100"));
+        assert!(output.run_started);
+        assert_eq!(output.failed_step.as_deref(), Some(step));
     }
 
     #[test]

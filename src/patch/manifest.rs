@@ -118,6 +118,12 @@ impl PatchContext<'_> {
         })?;
         let image = self.read_image(manifest).await?;
         let platform = platform.or_else(|| config_platform(&image.config_bytes));
+        // The engine builds only for its own platform: fail before resolving packages.
+        if let Backend::BuildKit(endpoint) = &self.settings.backend
+            && !self.settings.dry_run
+        {
+            buildkit::check_platform(endpoint, platform.as_ref()).await?;
+        }
         let report = reports
             .map(|reports| reports.for_platform(platform.as_ref()))
             .transpose()?;

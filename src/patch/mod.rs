@@ -228,6 +228,7 @@ impl PatchError {
                     | BuildkitError::TlsFlagMissing { .. }
                     | BuildkitError::TlsFileUnreadable { .. }
                     | BuildkitError::TlsFileInvalid { .. }
+                    | BuildkitError::ForeignPlatform { .. }
             ),
             PatchError::Transport(err) => err.is_user_error(),
             _ => false,
