@@ -705,8 +705,8 @@ fn spawn_buildkit_patch(
         .expect("start the layermend binary")
 }
 
-/// Waits until the build's base image is in the engine, so the build is running, and
-/// returns the time that took; `None` when `child` exits first.
+/// Waits until the build's base image is in the engine, which shows the build is running.
+/// Returns the time that took, or `None` when `child` exits first.
 fn wait_for_base(dockerd: &Dockerd, child: &mut std::process::Child) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(300) {

@@ -228,8 +228,8 @@ async fn credential_helper_and_auth_json() {
     );
     let target = reference(&host, "helper/app:v1");
     round_trip(&helper_client, &target, work.path()).await;
-    let asked = fs_err::read_to_string(work.path().join("helper.log")).unwrap();
-    assert_eq!(asked.lines().collect::<Vec<_>>(), [host.as_str()]);
+    let requested = fs_err::read_to_string(work.path().join("helper.log")).unwrap();
+    assert_eq!(requested.lines().collect::<Vec<_>>(), [host.as_str()]);
 
     // docker config.json: credsStore covers every registry.
     let config = r#"{"credsStore":"test"}"#;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -217,18 +217,7 @@ impl AuthRegistry {
              http:\n  addr: 127.0.0.1:{port}\n{tls_config}{auth_config}",
             storage = dir.path().join("storage").display(),
         );
-        let config_path = dir.path().join("config.yml");
-        fs_err::write(&config_path, config).unwrap();
-        let log_path = dir.path().join("registry.log");
-        let log = fs_err::File::create(&log_path).unwrap().into_parts().0;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
+        let (child, log_path) = super::spawn_registry(dir.path(), &config);
         let mut registry = AuthRegistry {
             child,
             port,

@@ -262,7 +262,7 @@ fn read_head(client: &mut TcpStream) -> io::Result<Option<RequestHead>> {
             return Ok(None);
         }
         buffer.extend_from_slice(&chunk[..read]);
-        // A TLS handshake record: answer in plain HTTP as the registry itself does, so a
+        // A TLS handshake record gets a plain HTTP 400, as from the registry itself, so a
         // client that tries HTTPS first falls back to HTTP.
         if buffer.first() == Some(&0x16) {
             client.write_all(

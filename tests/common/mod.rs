@@ -150,18 +150,7 @@ impl Registry {
                  http:\n  addr: 127.0.0.1:{port}\n{auth}",
                 storage = dir.path().join("storage").display(),
             );
-            let config_path = dir.path().join("config.yml");
-            fs_err::write(&config_path, config).unwrap();
-            let log_path = dir.path().join("registry.log");
-            let log = fs_err::File::create(&log_path).unwrap().into_parts().0;
-            let child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config_path)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start docker-registry");
+            let (child, log_path) = spawn_registry(dir.path(), &config);
             let mut registry = Registry {
                 child,
                 port,
@@ -316,6 +305,24 @@ impl Manifest {
     pub fn layers(&self) -> &[Value] {
         self.json["layers"].as_array().map_or(&[], Vec::as_slice)
     }
+}
+
+/// Starts `docker-registry serve` with `config` written into `dir`, logging to
+/// `dir/registry.log`; returns the process and the log path.
+pub fn spawn_registry(dir: &Path, config: &str) -> (Child, PathBuf) {
+    let config_path = dir.join("config.yml");
+    fs_err::write(&config_path, config).unwrap();
+    let log_path = dir.join("registry.log");
+    let log = fs_err::File::create(&log_path).unwrap().into_parts().0;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start docker-registry");
+    (child, log_path)
 }
 
 fn free_port() -> u16 {

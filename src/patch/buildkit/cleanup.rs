@@ -96,14 +96,14 @@ fn remove_on_new_runtime(endpoint: &Endpoint, tags: &[String]) {
     let removal = async {
         match connect(endpoint).await {
             Ok(docker) => remove_tags(&docker, endpoint, tags).await,
-            Err(error) => tracing::debug!(%endpoint, %error, "temporary images not removed"),
+            Err(error) => tracing::warn!(%endpoint, %error, "temporary images not removed"),
         }
     };
     // The timer needs the runtime's context, so it is created inside `block_on`.
     let finished =
         runtime.block_on(async { tokio::time::timeout(DROP_CLEANUP_TIMEOUT, removal).await });
     if finished.is_err() {
-        tracing::debug!(%endpoint, ?tags, "removing temporary images timed out");
+        tracing::warn!(%endpoint, ?tags, "removing temporary images timed out");
     }
 }
 
